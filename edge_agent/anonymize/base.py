@@ -1,0 +1,68 @@
+"""The anonymizer interface and the face region every anonymizer must cover."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import cv2
+import numpy as np
+
+from edge_agent.faces import Face
+
+# The detector's box runs roughly brow to chin; the ellipse is grown so that it covers the
+# whole head outline a viewer would recognise (hair line, ears, chin).
+ELLIPSE_SCALE_X = 0.68
+ELLIPSE_SCALE_Y = 0.80
+ELLIPSE_SHIFT_Y = -0.06
+
+
+class Anonymizer(ABC):
+    """Replaces one face of a frame in place.
+
+    ``seed`` is stable for one tracked person, so a generative anonymizer can keep the same
+    synthetic face across frames. Implementations raise on any failure: the pipeline turns an
+    exception into the fail-closed fallback, never into a raw face.
+    """
+
+    name: str = "anonymizer"
+
+    @abstractmethod
+    def anonymize(self, frame: np.ndarray, face: Face, seed: int) -> None:
+        """Overwrite ``face`` in the BGR uint8 ``frame``."""
+
+    def forget(self, seed: int) -> None:
+        """Drop any state kept for ``seed`` (its track ended)."""
+
+
+def face_ellipse(face: Face) -> tuple[tuple[float, float], tuple[float, float], float]:
+    """(centre, semi-axes, angle in degrees) of the region that hides ``face``."""
+    x1, y1, x2, y2 = (float(v) for v in face.box)
+    w, h = x2 - x1, y2 - y1
+    (lx, ly), (rx, ry) = face.landmarks[0], face.landmarks[1]
+    angle = float(np.degrees(np.arctan2(ry - ly, rx - lx)))
+    if not np.isfinite(angle) or abs(angle) > 60:
+        angle = 0.0
+    centre = ((x1 + x2) / 2.0, (y1 + y2) / 2.0 + ELLIPSE_SHIFT_Y * h)
+    axes = (max(w * ELLIPSE_SCALE_X, 2.0), max(h * ELLIPSE_SCALE_Y, 2.0))
+    return centre, axes, angle
+
+
+def face_region(face: Face, frame_shape: tuple[int, ...]) -> tuple[slice, slice, np.ndarray]:
+    """Bounding rows/cols of the face ellipse, clipped to the frame, and its boolean mask there.
+
+    Raises ValueError when the region lies outside the frame (nothing to cover is suspicious)."""
+    (cx, cy), (ax, ay), angle = face_ellipse(face)
+    reach = max(ax, ay)
+    rows, cols = frame_shape[:2]
+    x0, x1 = max(int(np.floor(cx - reach)), 0), min(int(np.ceil(cx + reach)) + 1, cols)
+    y0, y1 = max(int(np.floor(cy - reach)), 0), min(int(np.ceil(cy + reach)) + 1, rows)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError("face region lies outside the frame")
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.ellipse(
+        mask,
+        (int(round(cx - x0)), int(round(cy - y0))),
+        (int(np.ceil(ax)), int(np.ceil(ay))),
+        angle, 0, 360, 255, thickness=-1,
+    )
+    return slice(y0, y1), slice(x0, x1), mask.astype(bool)

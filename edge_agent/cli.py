@@ -1,0 +1,150 @@
+"""``edge-agent``: run the service, process files offline, manage the local registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import secrets
+import sys
+from pathlib import Path
+from typing import Optional
+
+from edge_agent.config import CameraConfig, Config, ConfigError, load_config
+from edge_agent.enroll import EnrolError, embed_photos
+from edge_agent.models.files import ModelFileError
+from edge_agent.registry import Registry, RegistryError
+
+log = logging.getLogger("edge_agent")
+
+
+class UsageError(Exception):
+    """A command that cannot run as given."""
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from edge_agent.api import create_app
+    from edge_agent.service import Agent
+
+    if args.source is not None:
+        config.cameras = {args.camera: CameraConfig(source=args.source)}
+    if args.host:
+        config.api.host = args.host
+    if args.port is not None:
+        config.api.port = args.port
+    if not config.cameras:
+        raise UsageError("no camera configured: pass --source PATH|URL|INDEX or add cameras: to the config")
+    token = config.api.token
+    if not token:
+        token = secrets.token_urlsafe(24)
+        print("No API token configured (api.token or EDGE_AGENT_TOKEN): generated one for this run.", file=sys.stderr)
+    agent = Agent(config)
+    app = create_app(agent, token)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.api.host, port=config.api.port, log_level="warning", access_log=False))
+    agent.start()
+    host = "127.0.0.1" if config.api.host in ("0.0.0.0", "::") else config.api.host
+    print(f"edge-agent: live anonymized view at http://{host}:{config.api.port}/#token={token}", flush=True)
+    try:
+        server.run()
+    finally:
+        agent.stop()
+    return 0
+
+
+def cmd_process(config: Config, args: argparse.Namespace) -> int:
+    from edge_agent.process import process_file
+    from edge_agent.service import Models
+
+    models = Models(config)
+    result = process_file(models, Path(args.input), Path(args.output), progress=not args.quiet, max_frames=args.max_frames)
+    summary = {"input": args.input, "output": args.output, "frames": result.frames, "seconds": round(result.seconds, 3), "fps": round(result.fps, 2), **result.stats}
+    if args.stats_json:
+        Path(args.stats_json).write_text(json.dumps(summary, indent=2))
+    if not args.quiet:
+        lat = result.stats.get("latency_ms", {})
+        print(
+            f"{result.frames} frames in {result.seconds:.1f}s ({result.fps:.1f} fps); faces seen {result.stats['faces_seen']}, "
+            f"shown {result.stats['faces_shown']}, anonymized {result.stats['faces_anonymized']}, "
+            f"frames redacted {result.stats['frames_redacted']}; latency ms "
+            + ", ".join(f"{k} {v:.1f}" for k, v in lat.items())
+        )
+    return 0
+
+
+def cmd_registry(config: Config, args: argparse.Namespace) -> int:
+    registry = Registry(config.registry_path)
+    try:
+        if args.registry_cmd == "add":
+            from edge_agent.models.loader import load_detector, require_embedder
+
+            embedder, sig = require_embedder(config)
+            vectors = embed_photos([Path(p) for p in args.photos], load_detector(config), embedder, config.recognition.min_face_px, config.recognition.threshold)
+            registry.upsert_person(args.name, vectors, sig)
+            print(f"registered {args.name!r} from {len(vectors)} photo(s); {registry.count()} people in {config.registry_path}")
+        elif args.registry_cmd == "list":
+            people = registry.people()
+            for person in people:
+                print(f"{person.name}\t{len(person.embeddings)} embedding(s)\t{person.model_sig}")
+            print(f"{len(people)} people, version {registry.version}", file=sys.stderr)
+        elif args.registry_cmd == "remove":
+            if not registry.remove_person(args.name):
+                raise UsageError(f"no registered person named {args.name!r}")
+            print(f"removed {args.name!r}; {registry.count()} people left")
+    finally:
+        registry.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="Privacy filter for cameras: only registered people are shown.")
+    parser.add_argument("--config", type=Path, help="YAML config (default: $EDGE_AGENT_CONFIG, else built-in defaults)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="filter camera streams and serve the anonymized view")
+    run.add_argument("--source", help="video file, RTSP/HTTP URL or USB camera index (replaces the config's cameras)")
+    run.add_argument("--camera", default="default", help="name of the --source camera in the API (default: default)")
+    run.add_argument("--host", help="bind address (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port (default 8080)")
+    run.set_defaults(func=cmd_run)
+
+    proc = sub.add_parser("process", help="anonymize an image or a video file")
+    proc.add_argument("input")
+    proc.add_argument("-o", "--output", required=True)
+    proc.add_argument("--max-frames", type=int)
+    proc.add_argument("--stats-json", help="write the run's figures to this JSON file")
+    proc.add_argument("-q", "--quiet", action="store_true")
+    proc.set_defaults(func=cmd_process)
+
+    reg = sub.add_parser("registry", help="manage the local registry of people who may be shown")
+    reg_sub = reg.add_subparsers(dest="registry_cmd", required=True)
+    add = reg_sub.add_parser("add", help="register a person from one or more photos (one face each)")
+    add.add_argument("--name", required=True)
+    add.add_argument("photos", nargs="+")
+    reg_sub.add_parser("list", help="list registered people")
+    remove = reg_sub.add_parser("remove", help="remove a person")
+    remove.add_argument("name")
+    reg.set_defaults(func=cmd_registry)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        _setup_logging(config.log_level)
+        return args.func(config, args)
+    except (ConfigError, ModelFileError, EnrolError, RegistryError, UsageError, ValueError) as exc:
+        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Agent configuration: one YAML file, validated at start-up, unknown keys rejected by name.
+
+Environment overrides (for systemd and containers): ``EDGE_AGENT_CONFIG`` (the file),
+``EDGE_AGENT_MODELS`` (models.dir), ``EDGE_AGENT_DATA_DIR`` (data_dir, where the registry
+lives), ``EDGE_AGENT_TOKEN`` (api.token).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Backend = Literal["auto", "cpu", "cuda", "tensorrt"]
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator (names the file and the key)."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DetectorConfig(Strict):
+    file: str = "yunet_s_dynamic.onnx"
+    fallback_file: str = "centerface.onnx"
+    backend: Backend = "cpu"
+    threads: int = Field(0, ge=0)
+    score_threshold: float = Field(0.5, gt=0, lt=1)
+    nms_threshold: float = Field(0.3, gt=0, lt=1)
+    max_side: int = Field(640, ge=64, le=4096)
+
+
+class EmbedderConfig(Strict):
+    file: str = "mobilefacenet.onnx"
+    backend: Backend = "cpu"
+    threads: int = Field(0, ge=0)
+
+
+class ModelsConfig(Strict):
+    dir: Path = Path("models")
+    detector: DetectorConfig = DetectorConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+
+
+class CameraConfig(Strict):
+    source: Union[int, str]
+    loop: bool = Field(True, description="restart a video file at its end")
+    fps_cap: float = Field(0, ge=0, description="0 = as fast as the source delivers")
+    enabled: bool = True
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_empty(cls, value):
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("source must be a file path, a URL or a USB camera index")
+        return value
+
+
+class RecognitionConfig(Strict):
+    enabled: bool = True
+    # Chosen from same/different-person cosines measured on ../shared/faces (README, "Thresholds").
+    threshold: float = Field(0.42, gt=0, lt=1)
+    min_votes: int = Field(2, ge=1, description="agreeing recognitions needed before a face is shown")
+    window: int = Field(5, ge=1, description="recent recognitions kept per track")
+    recheck_frames: int = Field(10, ge=1, description="re-verify a shown track this often")
+    min_face_px: int = Field(28, ge=8, description="smaller faces are never recognised, so never shown")
+
+    @model_validator(mode="after")
+    def _votes_fit_window(self):
+        if self.min_votes > self.window:
+            raise ValueError("min_votes cannot exceed window")
+        return self
+
+
+class TrackerConfig(Strict):
+    iou_match: float = Field(0.3, gt=0, lt=1)
+    reverify_iou: float = Field(0.5, gt=0, lt=1, description="a weaker match than this resets the vote")
+    hold_frames: int = Field(8, ge=0, description="keep hiding a face this many frames after the detector loses it")
+
+
+class DiffusionConfig(Strict):
+    model: Optional[Path] = None
+    backend: Backend = "cpu"
+    threads: int = Field(0, ge=0)
+    degree: float = Field(1.0, ge=0, le=2)
+    regenerate_frames: int = Field(15, ge=1)
+    budget_ms: float = Field(40, gt=0, description="per-frame time for generation; past it faces fall back")
+
+
+class AnonymizerConfig(Strict):
+    mode: Literal["pixelate", "blur", "solid", "diffusion"] = "pixelate"
+    pixelate_blocks: int = Field(8, ge=2, le=32)
+    fallback: Literal["pixelate", "blur", "solid"] = "pixelate"
+    frame_fallback: Literal["solid", "blocks"] = "solid"
+    diffusion: DiffusionConfig = DiffusionConfig()
+
+
+class PipelineConfig(Strict):
+    frame_timeout_ms: float = Field(1000, gt=0, description="a frame not filtered by then leaves fully redacted")
+    jpeg_quality: int = Field(85, ge=10, le=100)
+
+
+class ApiConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: Optional[str] = None
+    mjpeg_max_fps: float = Field(15, gt=0)
+
+
+class Config(Strict):
+    data_dir: Path = Path("data")
+    models: ModelsConfig = ModelsConfig()
+    cameras: dict[str, CameraConfig] = {}
+    recognition: RecognitionConfig = RecognitionConfig()
+    tracker: TrackerConfig = TrackerConfig()
+    anonymizer: AnonymizerConfig = AnonymizerConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    api: ApiConfig = ApiConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("cameras")
+    @classmethod
+    def _camera_names(cls, value: dict) -> dict:
+        for name in value:
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"camera name {name!r} may use letters, digits, '-' and '_' only")
+        return value
+
+    @property
+    def registry_path(self) -> Path:
+        return self.data_dir / "registry.db"
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = "unknown key (check the spelling)" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: Optional[Path] = None, env: Optional[dict] = None) -> Config:
+    """Read, override from the environment, validate. Raises ConfigError with the bad key named."""
+    env = os.environ if env is None else env
+    path = path or (Path(env["EDGE_AGENT_CONFIG"]) if env.get("EDGE_AGENT_CONFIG") else None)
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    if env.get("EDGE_AGENT_MODELS"):
+        raw.setdefault("models", {})
+        if isinstance(raw["models"], dict):
+            raw["models"]["dir"] = env["EDGE_AGENT_MODELS"]
+    if env.get("EDGE_AGENT_DATA_DIR"):
+        raw["data_dir"] = env["EDGE_AGENT_DATA_DIR"]
+    if env.get("EDGE_AGENT_TOKEN"):
+        raw.setdefault("api", {})
+        if isinstance(raw["api"], dict):
+            raw["api"]["token"] = env["EDGE_AGENT_TOKEN"]
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None

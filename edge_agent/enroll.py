@@ -1,0 +1,51 @@
+"""Turning photos of a consenting person into registry embeddings (local CLI and admin alike)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_agent.models.arcface import ArcFaceEmbedder
+from edge_agent.models.loader import Detector
+
+
+class EnrolError(Exception):
+    """A photo that cannot be used, with the reason."""
+
+
+def read_image(path: Path) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise EnrolError(f"{path}: no such file")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise EnrolError(f"{path}: not a readable image")
+    return image
+
+
+def embed_photos(paths: list[Path], detector: Detector, embedder: ArcFaceEmbedder, min_face_px: int, same_person_threshold: float) -> np.ndarray:
+    """One embedding per photo; every photo must hold exactly one usable face, and all photos
+    must look like the same person (a mixed-up photo would register a stranger)."""
+    if not paths:
+        raise EnrolError("give at least one photo")
+    vectors = []
+    for path in paths:
+        image = read_image(path)
+        faces = detector.detect(image)
+        if len(faces) != 1:
+            raise EnrolError(f"{path}: found {len(faces)} faces; a registration photo must show exactly one")
+        face = faces[0]
+        if min(face.width, face.height) < min_face_px:
+            raise EnrolError(f"{path}: the face is {face.width:.0f}x{face.height:.0f} px, too small to register (min {min_face_px} px)")
+        vectors.append(embedder.embed(image, faces)[0])
+    matrix = np.stack(vectors)
+    if len(vectors) > 1:
+        sims = matrix @ matrix.T
+        centre = matrix.mean(axis=0)
+        centre /= np.linalg.norm(centre)
+        worst = int(np.argmin(matrix @ centre))
+        if (matrix[worst] @ centre) < same_person_threshold or sims.min() < same_person_threshold * 0.5:
+            raise EnrolError(f"{paths[worst]}: does not look like the same person as the other photos")
+    return matrix

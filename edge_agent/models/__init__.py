@@ -1,0 +1,1 @@
+"""Small ONNX wrappers, one per model, and the files they load."""

@@ -1,0 +1,189 @@
+"""One camera's way through: detect -> track -> recognise (due tracks) -> decide -> anonymize.
+
+``FramePipeline.filter`` may raise; ``FailClosed`` is the only thing that hands frames out, and
+it turns any exception or overrun into a fully redacted frame. A ``FilteredFrame`` is the
+only type the frame buffer and the API accept, and only ``FailClosed`` makes one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from edge_agent.anonymize.base import Anonymizer
+from edge_agent.anonymize.classical import redact_frame
+from edge_agent.config import Config
+from edge_agent.decide import UNKNOWN, VotePolicy
+from edge_agent.gallery import GalleryProvider
+from edge_agent.models.arcface import ArcFaceEmbedder
+from edge_agent.models.loader import Detector
+from edge_agent.stats import CameraStats
+from edge_agent.tracker import IouTracker, Track
+
+log = logging.getLogger(__name__)
+
+
+class FramePipeline:
+    """Per-camera state (tracks, votes) around shared, thread-safe models."""
+
+    def __init__(
+        self,
+        config: Config,
+        detector: Detector,
+        embedder: Optional[ArcFaceEmbedder],
+        gallery: Optional[GalleryProvider],
+        anonymizer: Anonymizer,
+        fallback: Anonymizer,
+        stats: CameraStats,
+        min_votes: Optional[int] = None,
+    ) -> None:
+        self.detector = detector
+        self.embedder = embedder if config.recognition.enabled else None
+        self.gallery = gallery
+        self.anonymizer = anonymizer
+        self.fallback = fallback
+        self.stats = stats
+        recognition = config.recognition
+        if min_votes is not None:
+            recognition = recognition.model_copy(update={"min_votes": min_votes})
+        self.threshold = recognition.threshold
+        self.policy = VotePolicy(recognition, config.tracker.reverify_iou)
+        self.tracker = IouTracker(config.tracker.iou_match, config.tracker.hold_frames)
+        self.budget_s = config.anonymizer.diffusion.budget_ms / 1000.0
+        self._gallery = None
+
+    def filter(self, frame: np.ndarray) -> np.ndarray:
+        """Anonymize ``frame`` in place and return it; raises if any stage fails."""
+        stats = self.stats
+        with stats.timed("detect"):
+            faces = self.detector.detect(frame)
+        with stats.timed("track"):
+            seen, coasting = self.tracker.update(faces)
+            for ended in self.tracker.ended:
+                self.anonymizer.forget(ended.seed)
+        stats.add("faces_seen", len(faces))
+        with stats.timed("recognise"):
+            self._recognise(frame, seen)
+        hide: list[Track] = []
+        for track in seen:
+            if self.policy.shown_as(track) is None:
+                hide.append(track)
+            else:
+                stats.add("faces_shown")
+        # A face the detector lost for a moment stays hidden where it was last seen.
+        hide.extend(t for t in coasting if self.policy.shown_as(t) is None)
+        with stats.timed("anonymize"):
+            self._anonymize(frame, hide)
+        return frame
+
+    def _recognise(self, frame: np.ndarray, tracks: list[Track]) -> None:
+        if self.embedder is None or self.gallery is None:
+            return  # nobody can be verified, so nobody is shown
+        gallery = self.gallery.current()
+        if gallery is not self._gallery:  # the registry changed: removed people lose their votes now
+            present = set(gallery.person_ids)
+            for track in self.tracker.tracks:
+                self.policy.forget_people(track, present)
+            self._gallery = gallery
+        due = [t for t in tracks if self.policy.due(t)]
+        small = [t for t in due if not self.policy.recognisable(t)]
+        for track in small:
+            self.policy.record(track, UNKNOWN)
+        due = [t for t in due if self.policy.recognisable(t)]
+        if not due:
+            return
+        embeddings = self.embedder.embed(frame, [t.face for t in due])
+        self.stats.add("recognitions", len(due))
+        people, scores = gallery.match(embeddings)
+        for track, person, score in zip(due, people, scores):
+            ok = person >= 0 and score >= self.threshold
+            self.policy.record(track, gallery.person_ids[person] if ok else UNKNOWN)
+
+    def _anonymize(self, frame: np.ndarray, tracks: list[Track]) -> None:
+        start = time.perf_counter()
+        for track in tracks:
+            late = time.perf_counter() - start > self.budget_s
+            try:
+                if late:
+                    raise TimeoutError("anonymizer budget spent for this frame")
+                self.anonymizer.anonymize(frame, track.face, track.seed)
+            except Exception as exc:  # fall back for this face; the fallback itself must not fail
+                if not late:
+                    log.warning("anonymizer failed on a face (%s); using the fallback", type(exc).__name__)
+                self.stats.add("face_fallbacks")
+                self.fallback.anonymize(frame, track.face, track.seed)
+            self.stats.add("faces_anonymized")
+
+
+@dataclass(frozen=True)
+class FilteredFrame:
+    """A frame that went through the filter (or its fail-closed redaction), JPEG-encoded once."""
+
+    jpeg: bytes
+    width: int
+    height: int
+    redacted: bool
+    captured_at: float
+
+
+class FailClosed:
+    """Runs a pipeline with a deadline. An exception, a time-out, or a pipeline still stuck on an
+    earlier frame all give a fully redacted frame: never the raw one."""
+
+    def __init__(self, pipeline: FramePipeline, timeout_s: float, frame_fallback: str, jpeg_quality: int, stats: CameraStats) -> None:
+        self.pipeline = pipeline
+        self.timeout_s = timeout_s
+        self.frame_fallback = frame_fallback
+        self.jpeg_params = [int(cv2.IMWRITE_JPEG_QUALITY), jpeg_quality]
+        self.stats = stats
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"filter-{stats.name}")
+        self._busy: Optional[object] = None
+        self._lock = threading.Lock()
+
+    def _redacted(self, frame: np.ndarray, reason: str) -> np.ndarray:
+        self.stats.add("frames_redacted")
+        log.warning("frame fully redacted: %s", reason)
+        return redact_frame(frame, self.frame_fallback)
+
+    def filter_array(self, frame: np.ndarray) -> tuple[np.ndarray, bool]:
+        """(the frame that may leave, whether it was fully redacted)."""
+        self.stats.add("frames_in")
+        with self._lock:
+            if self._busy is not None and not self._busy.done():
+                return self._redacted(frame, "pipeline still busy with an earlier frame"), True
+            start = time.perf_counter()
+            future = self._executor.submit(self.pipeline.filter, frame)
+            self._busy = future
+        try:
+            out = future.result(timeout=self.timeout_s)
+        except FutureTimeout:
+            return self._redacted(frame, f"filtering took longer than {self.timeout_s:.2f}s"), True
+        except Exception as exc:
+            self.stats.add("errors")
+            return self._redacted(frame, f"{type(exc).__name__} in the pipeline"), True
+        finally:
+            self.stats.stage_ms["total"].add((time.perf_counter() - start) * 1000.0)
+        if out is not frame or out.shape != frame.shape:
+            return self._redacted(frame, "pipeline returned an unexpected frame"), True
+        return out, False
+
+    def __call__(self, frame: np.ndarray, captured_at: Optional[float] = None) -> Optional[FilteredFrame]:
+        """Filter and encode; None only when even encoding fails (the frame is dropped)."""
+        out, redacted = self.filter_array(frame)
+        with self.stats.timed("encode"):
+            ok, buf = cv2.imencode(".jpg", out, self.jpeg_params)
+        if not ok:
+            self.stats.add("frames_dropped")
+            return None
+        self.stats.frame_published()
+        return FilteredFrame(buf.tobytes(), out.shape[1], out.shape[0], redacted, captured_at or time.time())
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,169 @@
+"""The running agent: models loaded once, one capture + filter worker per camera, the registry,
+and the buffers the API reads. Only ``FilteredFrame`` objects ever enter a buffer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Optional
+
+from edge_agent.anonymize import build_anonymizers
+from edge_agent.capture import LatestFrameSource, describe
+from edge_agent.config import Config
+from edge_agent.gallery import GalleryProvider
+from edge_agent.models.loader import load_detector, load_embedder
+from edge_agent.pipeline import FailClosed, FilteredFrame, FramePipeline
+from edge_agent.registry import Registry
+from edge_agent.stats import CameraStats
+
+log = logging.getLogger(__name__)
+
+
+class FrameBuffer:
+    """The newest filtered frame of one camera, with a sequence number for streaming."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.frame: Optional[FilteredFrame] = None
+        self.seq = 0
+
+    def publish(self, frame: FilteredFrame) -> None:
+        if not isinstance(frame, FilteredFrame):  # the structural guard of the invariant
+            raise TypeError("only filtered frames may be published")
+        with self._cond:
+            self.frame = frame
+            self.seq += 1
+            self._cond.notify_all()
+
+    def latest(self) -> tuple[int, Optional[FilteredFrame]]:
+        with self._cond:
+            return self.seq, self.frame
+
+
+class Models:
+    """What every camera shares: the detector, the embedder and the registry view."""
+
+    def __init__(self, config: Config, registry: Optional[Registry] = None) -> None:
+        self.config = config
+        self.detector = load_detector(config)
+        self.embedder, self.model_sig = load_embedder(config) if config.recognition.enabled else (None, None)
+        self.registry = registry or Registry(config.registry_path)
+        self.gallery = GalleryProvider(self.registry, self.model_sig) if self.embedder else None
+        if self.embedder and self.gallery:
+            other = {sig: n for sig, n in self.registry.model_signatures().items() if sig != self.model_sig}
+            if other:
+                log.warning("registry holds embeddings of other models %s: those people cannot be recognised", other)
+
+    def pipeline(self, stats: CameraStats, min_votes: Optional[int] = None) -> FailClosed:
+        anonymizer, fallback = build_anonymizers(self.config.anonymizer)
+        frame_pipeline = FramePipeline(self.config, self.detector, self.embedder, self.gallery, anonymizer, fallback, stats, min_votes)
+        cfg = self.config.pipeline
+        return FailClosed(frame_pipeline, cfg.frame_timeout_ms / 1000.0, self.config.anonymizer.frame_fallback, cfg.jpeg_quality, stats)
+
+
+class CameraWorker:
+    def __init__(self, name: str, source, loop: bool, fps_cap: float, models: Models) -> None:
+        self.name = name
+        self.source_text = describe(source)
+        self.stats = CameraStats(name)
+        self.buffer = FrameBuffer()
+        self.source = LatestFrameSource(source, loop=loop, fps_cap=fps_cap, on_reconnect=lambda: self.stats.add("source_reconnects"))
+        self.filter = models.pipeline(self.stats)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"camera-{name}", daemon=True)
+
+    def start(self) -> None:
+        self.source.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.source.stop()
+        self._thread.join(timeout=5)
+        self.filter.close()
+
+    def _run(self) -> None:
+        dropped_seen = 0
+        while not self._stop.is_set():
+            frame = self.source.take(timeout=0.5)
+            if self.source.dropped != dropped_seen:
+                self.stats.add("frames_dropped", self.source.dropped - dropped_seen)
+                dropped_seen = self.source.dropped
+            if frame is None:
+                if self.source.ended:
+                    log.info("camera %s: source ended", self.name)
+                    return
+                continue
+            try:
+                filtered = self.filter(frame, time.time())
+            except Exception:  # the loop must survive anything; the frame is simply not published
+                self.stats.add("errors")
+                log.exception("camera %s: frame dropped", self.name)
+                continue
+            if filtered is not None:
+                self.buffer.publish(filtered)
+
+    def health(self) -> dict:
+        last = self.stats.last_frame_at
+        return {
+            "connected": self.source.connected,
+            "last_frame_age_s": None if last is None else round(time.monotonic() - last, 2),
+            "error": self.source.last_error,
+        }
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.models = Models(config)
+        self.cameras: dict[str, CameraWorker] = {
+            name: CameraWorker(name, cam.source, cam.loop, cam.fps_cap, self.models)
+            for name, cam in config.cameras.items()
+            if cam.enabled
+        }
+        self.sync = None
+
+    @property
+    def registry(self) -> Registry:
+        return self.models.registry
+
+    def start(self) -> None:
+        if self.models.embedder is None:
+            log.error("recognition is OFF: every face will be anonymized")
+        for worker in self.cameras.values():
+            log.info("camera %s: %s", worker.name, worker.source_text)
+            worker.start()
+
+    def stop(self) -> None:
+        for worker in self.cameras.values():
+            worker.stop()
+
+    def healthy(self, max_age_s: float = 10.0) -> bool:
+        """Every camera published a frame recently (the systemd watchdog asks this)."""
+        now = time.monotonic()
+        return all(
+            w.stats.last_frame_at is not None and now - w.stats.last_frame_at < max_age_s for w in self.cameras.values()
+        )
+
+    def sync_counters(self) -> dict[str, int]:
+        return self.sync.counters() if self.sync else {}
+
+    def stats(self) -> dict:
+        return {
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "recognition": self.models.embedder is not None,
+            "anonymizer": self.config.anonymizer.mode,
+            "cameras": {name: w.stats.snapshot() for name, w in self.cameras.items()},
+            "registry": self.registry_info(),
+            "sync": self.sync_counters(),
+        }
+
+    def registry_info(self) -> dict:
+        return {
+            "count": self.registry.count(),
+            "version": self.registry.version,
+            "model_signature": self.models.model_sig,
+            "hash": self.registry.content_hash(),
+        }

@@ -1,0 +1,1 @@
+"""Offline tools: ONNX export, calibration, engine builds, diffusion anonymizer training."""

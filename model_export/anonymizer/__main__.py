@@ -1,0 +1,92 @@
+"""CLI: python -m model_export.anonymizer {prepare,train-teacher,distill,export,eval,bench}."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch  # noqa: F401  (offline tool; imported early so set_num_threads applies everywhere)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m model_export.anonymizer")
+    p.add_argument("--threads", type=int, default=2, help="torch / onnxruntime threads (<= 2 on the shared box)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    a = sub.add_parser("prepare", help="detect + align LFW gray and the colour photos")
+    a.add_argument("--shared", type=Path, required=True)
+    a.add_argument("--out", type=Path, default=Path("data/anonymizer"))
+    a.add_argument("--limit", type=int, default=0)
+
+    a = sub.add_parser("train-teacher", help="train (or resume) the multi-step teacher")
+    a.add_argument("--data", type=Path, default=Path("data/anonymizer"))
+    a.add_argument("--ckpt", type=Path, default=Path("build/anonymizer/teacher.pt"))
+    a.add_argument("--steps", type=int, default=3000, help="total optimiser steps (resumes from --ckpt)")
+    a.add_argument("--minutes", type=float, default=0, help="stop (and save) after this wall time")
+    a.add_argument("--batch", type=int, default=32)
+    a.add_argument("--lr", type=float, default=4e-4)
+
+    a = sub.add_parser("distill", help="distil the teacher into a 1-2 step student")
+    a.add_argument("--data", type=Path, default=Path("data/anonymizer"))
+    a.add_argument("--teacher", type=Path, default=Path("build/anonymizer/teacher.pt"))
+    a.add_argument("--ckpt", type=Path, default=Path("build/anonymizer/student.pt"))
+    a.add_argument("--samples", type=int, default=1536, help="teacher samples to regress on")
+    a.add_argument("--teacher-steps", type=int, default=20)
+    a.add_argument("--steps", type=int, default=1500)
+    a.add_argument("--minutes", type=float, default=0)
+    a.add_argument("--batch", type=int, default=32)
+    a.add_argument("--lr", type=float, default=2e-4)
+
+    a = sub.add_parser("export", help="export the student to ONNX (opset 17, static shapes)")
+    a.add_argument("--ckpt", type=Path, default=Path("build/anonymizer/student.pt"))
+    a.add_argument("--out", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
+    a.add_argument("--steps", type=int, default=1, choices=(1, 2))
+
+    a = sub.add_parser("eval", help="evaluation report (re-ID, cosine, validity, landmarks, video)")
+    a.add_argument("--shared", type=Path, required=True)
+    a.add_argument("--data", type=Path, default=Path("data/anonymizer"))
+    a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
+    a.add_argument("--student2", type=Path, default=Path("build/anonymizer/face_student_2step.onnx"))
+    a.add_argument("--teacher", type=Path, default=Path("build/anonymizer/teacher.pt"))
+    a.add_argument("--out", type=Path, default=Path("reports/anonymizer"))
+    a.add_argument("--gallery", type=int, default=1200, help="held-out identities in the gallery")
+    a.add_argument("--teacher-faces", type=int, default=200)
+
+    a = sub.add_parser("bench", help="student per-face latency vs the teacher at full steps")
+    a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
+    a.add_argument("--teacher", type=Path, default=Path("build/anonymizer/teacher.pt"))
+    a.add_argument("--teacher-steps", type=int, default=20)
+    a.add_argument("--repeats", type=int, default=30)
+
+    args = p.parse_args(argv)
+    import torch as _t
+
+    _t.set_num_threads(max(1, args.threads))
+    if args.cmd == "prepare":
+        from model_export.anonymizer.data import prepare
+
+        prepare(args.shared, args.out, limit=args.limit)
+    elif args.cmd == "train-teacher":
+        from model_export.anonymizer.teacher import train_teacher
+
+        train_teacher(args.data, args.ckpt, args.steps, args.batch, args.lr, args.minutes)
+    elif args.cmd == "distill":
+        from model_export.anonymizer.student import distill
+
+        distill(args.data, args.teacher, args.ckpt, args.samples, args.teacher_steps, args.steps, args.batch, args.lr, args.minutes)
+    elif args.cmd == "export":
+        from model_export.anonymizer.export import export
+
+        export(args.ckpt, args.out, args.steps)
+    elif args.cmd == "eval":
+        from model_export.anonymizer.evaluate import evaluate
+
+        evaluate(args)
+    elif args.cmd == "bench":
+        from model_export.anonymizer.bench import bench
+
+        bench(args.student, args.teacher, args.teacher_steps, args.repeats, args.threads)
+
+
+if __name__ == "__main__":
+    main()
