@@ -84,7 +84,7 @@ def cmd_registry(config: Config, args: argparse.Namespace) -> int:
             from edge_agent.models.loader import load_detector, require_embedder
 
             embedder, sig = require_embedder(config)
-            vectors = embed_photos([Path(p) for p in args.photos], load_detector(config), embedder, config.recognition.min_face_px, config.recognition.threshold)
+            vectors = embed_photos([Path(p) for p in args.photos], load_detector(config), embedder, config.recognition.min_face_px, config.recognition.threshold, config.recognition.max_null_similarity)
             registry.upsert_person(args.name, vectors, sig)
             print(f"registered {args.name!r} from {len(vectors)} photo(s); {registry.count()} people in {config.registry_path}")
         elif args.registry_cmd == "list":

@@ -28,8 +28,13 @@ class VotePolicy:
         return track.crowded or track.matched_iou < self.reverify_iou or track.reacquired
 
     def due(self, track: Track) -> bool:
+        """Recognise new tracks until they have enough votes, undecided tracks that lean toward
+        a registered person every frame (so a hidden registered person reappears quickly), and
+        everyone else every ``recheck_frames``."""
+        undecided = self.leader(track) is not UNKNOWN and self.shown_as(track) is None
         return (
             len(track.votes) < self.cfg.min_votes
+            or undecided
             or track.since_recognition >= self.cfg.recheck_frames
             or self.suspicious(track)
         )

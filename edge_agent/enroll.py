@@ -25,7 +25,9 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
-def embed_photos(paths: list[Path], detector: Detector, embedder: ArcFaceEmbedder, min_face_px: int, same_person_threshold: float) -> np.ndarray:
+def embed_photos(
+    paths: list[Path], detector: Detector, embedder: ArcFaceEmbedder, min_face_px: int, same_person_threshold: float, max_null_similarity: float = 0.35
+) -> np.ndarray:
     """One embedding per photo; every photo must hold exactly one usable face, and all photos
     must look like the same person (a mixed-up photo would register a stranger)."""
     if not paths:
@@ -39,7 +41,10 @@ def embed_photos(paths: list[Path], detector: Detector, embedder: ArcFaceEmbedde
         face = faces[0]
         if min(face.width, face.height) < min_face_px:
             raise EnrolError(f"{path}: the face is {face.width:.0f}x{face.height:.0f} px, too small to register (min {min_face_px} px)")
-        vectors.append(embedder.embed(image, faces)[0])
+        vector = embedder.embed(image, faces)[0]
+        if float(embedder.null_similarity(vector[None])[0]) >= max_null_similarity:
+            raise EnrolError(f"{path}: the face is too dark, blurred or covered to register")
+        vectors.append(vector)
     matrix = np.stack(vectors)
     if len(vectors) > 1:
         sims = matrix @ matrix.T

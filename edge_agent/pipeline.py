@@ -54,6 +54,7 @@ class FramePipeline:
         if min_votes is not None:
             recognition = recognition.model_copy(update={"min_votes": min_votes})
         self.threshold = recognition.threshold
+        self.max_null_similarity = recognition.max_null_similarity
         self.policy = VotePolicy(recognition, config.tracker.reverify_iou)
         self.tracker = IouTracker(config.tracker.iou_match, config.tracker.hold_frames)
         self.budget_s = config.anonymizer.diffusion.budget_ms / 1000.0
@@ -72,16 +73,35 @@ class FramePipeline:
         with stats.timed("recognise"):
             self._recognise(frame, seen)
         hide: list[Track] = []
+        shown: list[Track] = []
         for track in seen:
-            if self.policy.shown_as(track) is None:
-                hide.append(track)
-            else:
-                stats.add("faces_shown")
+            (hide if self.policy.shown_as(track) is None else shown).append(track)
+        stats.add("faces_shown", len(shown))
         # A face the detector lost for a moment stays hidden where it was last seen.
         hide.extend(t for t in coasting if self.policy.shown_as(t) is None)
         with stats.timed("anonymize"):
+            saved = self._protect(frame, shown, hide)
             self._anonymize(frame, hide)
+            for (x1, y1, x2, y2), pixels in saved:
+                frame[y1:y2, x1:x2] = pixels
         return frame
+
+    @staticmethod
+    def _protect(frame: np.ndarray, shown: list[Track], hide: list[Track]) -> list:
+        """Copies of registered faces' boxes that only the *margin* of a hidden face's region
+        reaches (hair, ears): restored after anonymizing. Where a hidden face's own box overlaps
+        a registered face, hiding wins and nothing is restored."""
+        h, w = frame.shape[:2]
+        saved = []
+        for track in shown:
+            box = np.concatenate([np.floor(track.face.box[:2]), np.ceil(track.face.box[2:])])
+            x1, y1, x2, y2 = (int(v) for v in np.clip(box, 0, [w, h, w, h]))
+            overlaps = any(
+                t.face.box[0] < x2 and t.face.box[2] > x1 and t.face.box[1] < y2 and t.face.box[3] > y1 for t in hide
+            )
+            if not overlaps and x2 > x1 and y2 > y1:
+                saved.append(((x1, y1, x2, y2), frame[y1:y2, x1:x2].copy()))
+        return saved
 
     def _recognise(self, frame: np.ndarray, tracks: list[Track]) -> None:
         if self.embedder is None or self.gallery is None:
@@ -102,14 +122,15 @@ class FramePipeline:
         embeddings = self.embedder.embed(frame, [t.face for t in due])
         self.stats.add("recognitions", len(due))
         people, scores = gallery.match(embeddings)
-        for track, person, score in zip(due, people, scores):
-            ok = person >= 0 and score >= self.threshold
+        blank = self.embedder.null_similarity(embeddings) >= self.max_null_similarity
+        for track, person, score, no_identity in zip(due, people, scores, blank):
+            ok = person >= 0 and score >= self.threshold and not no_identity
             self.policy.record(track, gallery.person_ids[person] if ok else UNKNOWN)
 
     def _anonymize(self, frame: np.ndarray, tracks: list[Track]) -> None:
         start = time.perf_counter()
         for track in tracks:
-            late = time.perf_counter() - start > self.budget_s
+            late = self.anonymizer.budgeted and time.perf_counter() - start > self.budget_s
             try:
                 if late:
                     raise TimeoutError("anonymizer budget spent for this frame")

@@ -64,6 +64,16 @@ def _blob(vectors: np.ndarray) -> bytes:
     return np.ascontiguousarray(vectors, dtype="<f4").tobytes()
 
 
+def hash_people(people: list[Person]) -> str:
+    """sha256 over people and embeddings in a canonical order: equal registries, equal hashes.
+    The sync protocol checks a snapshot against its signed hash with this before applying it."""
+    digest = hashlib.sha256()
+    for person in sorted(people, key=lambda p: p.person_id):
+        digest.update(f"{person.person_id}\x00{person.name}\x00{person.model_sig}\x00".encode())
+        digest.update(_blob(person.embeddings))
+    return digest.hexdigest()
+
+
 class Registry:
     """Thread-safe access to the registry file (the API, the pipeline and MQTT sync share it)."""
 
@@ -178,12 +188,31 @@ class Registry:
         return True
 
     def replace_all(self, people: list[Person], version: int) -> None:
-        """Swap the whole registry for ``people`` at ``version``, atomically."""
+        """Swap the whole registry for ``people`` at ``version``, atomically (bulk inserts: a
+        10,000-person snapshot is one transaction of two multi-row inserts)."""
+        names = [p.name.strip() for p in people]
+        if len(set(names)) != len(names) or len({p.person_id for p in people}) != len(people):
+            raise RegistryError("duplicate person name or id in the new registry")
+        for person in people:
+            vectors = np.asarray(person.embeddings, dtype=np.float32)
+            if not person.name.strip() or vectors.ndim != 2 or vectors.shape[0] == 0 or not np.all(np.isfinite(vectors)):
+                raise RegistryError(f"person {person.person_id}: needs a name and finite [k, dim] embeddings")
+        now = time.time()
         with self.transaction():
             self.db.execute("DELETE FROM embeddings")
             self.db.execute("DELETE FROM people")
-            for person in people:
-                self.upsert_person(person.name, person.embeddings, person.model_sig, person.person_id)
+            self.db["people"].insert_all(
+                ({"person_id": p.person_id, "name": p.name.strip(), "created_at": now, "updated_at": now} for p in people),
+                batch_size=500,
+            )
+            self.db["embeddings"].insert_all(
+                (
+                    {"person_id": p.person_id, "model_sig": p.model_sig, "dim": int(v.shape[0]), "vector": _blob(v)}
+                    for p in people
+                    for v in np.asarray(p.embeddings, dtype=np.float32)
+                ),
+                batch_size=500,
+            )
             self.set_version(version)
 
     def _person(self, row) -> Person:
@@ -219,13 +248,7 @@ class Registry:
             return int(self.db.execute("SELECT count(*) FROM people").fetchone()[0])
 
     def content_hash(self) -> str:
-        """sha256 over people and embeddings in a canonical order: equal registries, equal hashes."""
-        digest = hashlib.sha256()
-        with self._lock:
-            for person in sorted(self.people(), key=lambda p: p.person_id):
-                digest.update(f"{person.person_id}\x00{person.name}\x00{person.model_sig}\x00".encode())
-                digest.update(_blob(person.embeddings))
-        return digest.hexdigest()
+        return hash_people(self.people())
 
     def model_signatures(self) -> dict[str, int]:
         with self._lock:

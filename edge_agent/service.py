@@ -49,7 +49,9 @@ class Models:
         self.detector = load_detector(config)
         self.embedder, self.model_sig = load_embedder(config) if config.recognition.enabled else (None, None)
         self.registry = registry or Registry(config.registry_path)
-        self.gallery = GalleryProvider(self.registry, self.model_sig) if self.embedder else None
+        # The pipeline reads through its own connection: a long sync transaction on another
+        # connection never blocks a camera thread (WAL readers see the last commit).
+        self.gallery = GalleryProvider(Registry(config.registry_path), self.model_sig) if self.embedder else None
         if self.embedder and self.gallery:
             other = {sig: n for sig, n in self.registry.model_signatures().items() if sig != self.model_sig}
             if other:
@@ -124,6 +126,14 @@ class Agent:
             if cam.enabled
         }
         self.sync = None
+        mqtt = config.mqtt
+        if mqtt is not None and mqtt.enabled:
+            if self.models.model_sig is None:
+                log.error("registry sync is off: no embedder, so no model signature to check embeddings against")
+            else:
+                from edge_agent.sync import RegistrySync
+
+                self.sync = RegistrySync(mqtt, Registry(config.registry_path), self.models.model_sig, on_applied=self.models.gallery.refresh)
 
     @property
     def registry(self) -> Registry:
@@ -135,8 +145,12 @@ class Agent:
         for worker in self.cameras.values():
             log.info("camera %s: %s", worker.name, worker.source_text)
             worker.start()
+        if self.sync is not None:
+            self.sync.start()  # returns at once; a broker that is down is retried with backoff
 
     def stop(self) -> None:
+        if self.sync is not None:
+            self.sync.stop()
         for worker in self.cameras.values():
             worker.stop()
 

@@ -107,6 +107,18 @@ def detector_canvas(frame: np.ndarray, max_side: int = 640) -> np.ndarray:
     return canvas.transpose(2, 0, 1)[None].astype(np.float32)
 
 
+def pad_to_common(blobs: list[np.ndarray]) -> list[np.ndarray]:
+    """Zero-pad [1,3,H,W] blobs bottom/right to the largest H and W (the agent pads the same way)."""
+    h = max(b.shape[2] for b in blobs)
+    w = max(b.shape[3] for b in blobs)
+    out = []
+    for blob in blobs:
+        padded = np.zeros((blob.shape[0], blob.shape[1], h, w), blob.dtype)
+        padded[:, :, : blob.shape[2], : blob.shape[3]] = blob
+        out.append(padded)
+    return out
+
+
 def aligned_faces(frames: Iterable[np.ndarray], detector, limit: int, min_face_px: int = 24, progress=None) -> np.ndarray:
     """Aligned BGR faces [N,112,112,3] uint8 found in ``frames`` by ``detector`` (a YuNet)."""
     from edge_agent.align import align

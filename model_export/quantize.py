@@ -45,6 +45,10 @@ class Recipe:
     weight: str = "int8"
     exclude_nodes: list[str] = field(default_factory=list)
     exclude_op_types: list[str] = field(default_factory=list)
+    op_types: list[str] = field(default_factory=list)  # empty = onnxruntime's default set
+    reduce_range: bool = False  # 7-bit weights: avoids U8S8 saturation on AVX2 without VNNI
+    keep_heads_fp32: bool = False  # leave the convolutions that produce the outputs in FP32
+    keep_depthwise_fp32: bool = False
     samples: int = 0
 
 
@@ -106,10 +110,9 @@ def quantize_model(
         prepared = Path(tmp) / "prepared.onnx"
         source = upgrade_opset(fp32_path, Path(tmp) / "opset.onnx")
         # Shape inference + constant folding first, as onnxruntime recommends for static quantization.
-        try:
-            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
-        except Exception:  # some exports (YuNet dynamic) defeat symbolic inference; ONNX inference suffices
-            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        # ONNX shape inference suffices for these CNNs (onnxruntime's symbolic inference spends
+        # ~20 s on YuNet's Resize and then gives up).
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         staging = Path(tmp) / "int8.onnx"
         quantize_static(
             str(prepared),
@@ -120,13 +123,12 @@ def quantize_model(
             activation_type=qtype[recipe.activation],
             weight_type=qtype[recipe.weight],
             calibrate_method=_ort_method(recipe.method),
-            nodes_to_exclude=list(recipe.exclude_nodes),
-            op_types_to_quantize=None,
+            nodes_to_exclude=excluded_nodes(prepared, recipe),
+            op_types_to_quantize=list(recipe.op_types) or None,
+            reduce_range=recipe.reduce_range,
             extra_options={"CalibTensorRangeSymmetric": False, "ActivationSymmetric": False, "WeightSymmetric": True},
         )
         model = onnx.load(str(staging))
-        if recipe.exclude_op_types:
-            pass  # handled by nodes_to_exclude; kept in the recipe for the record
         meta = {
             SOURCE_NAME_KEY: fp32_path.name,
             SOURCE_SHA_KEY: sha256_of(fp32_path.resolve()),
@@ -139,6 +141,40 @@ def quantize_model(
         onnx.save(model, str(tmp_out))
         os.replace(tmp_out, out_path)
     return out_path
+
+
+def head_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the last Conv on the way to each graph output (the prediction heads)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    found: list[str] = []
+    for output in model.graph.output:
+        stack, seen = [output.name], set()
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type == "Conv":
+                found.append(node.name)
+                continue
+            stack.extend(i for i in node.input[:1])
+    return list(dict.fromkeys(found))
+
+
+def depthwise_convs(model: onnx.ModelProto) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
+def excluded_nodes(path: Path, recipe: "Recipe") -> list[str]:
+    model = onnx.load(str(path), load_external_data=False)
+    names = list(recipe.exclude_nodes)
+    if recipe.keep_heads_fp32:
+        names += head_convs(model)
+    if recipe.keep_depthwise_fp32:
+        names += depthwise_convs(model)
+    if recipe.exclude_op_types:
+        names += [n.name for n in model.graph.node if n.op_type in recipe.exclude_op_types]
+    return list(dict.fromkeys(names))
 
 
 MIN_OPSET = 13  # per-channel QDQ (DequantizeLinear ``axis``) needs opset 13

@@ -28,3 +28,30 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     return _dir_from_env("EDGE_AGENT_MODELS")
+
+
+@pytest.fixture
+def make_config(models_dir, tmp_path):
+    """A validated Config over the real models with a fresh registry in tmp_path."""
+    from edge_agent.config import Config
+
+    def make(**overrides) -> "Config":
+        raw = {"data_dir": str(tmp_path / "data"), "models": {"dir": str(models_dir)}}
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(raw.get(key), dict):
+                raw[key] = {**raw[key], **value}
+            else:
+                raw[key] = value
+        return Config.model_validate(raw)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def face_models(models_dir):
+    """The real detector and embedder, loaded once per session."""
+    from edge_agent.models.arcface import ArcFaceEmbedder
+    from edge_agent.models.files import resolve
+    from edge_agent.models.yunet import YuNet
+
+    return YuNet(resolve(models_dir, "yunet_s_dynamic.onnx")), ArcFaceEmbedder(resolve(models_dir, "mobilefacenet.onnx"))

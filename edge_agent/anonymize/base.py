@@ -25,6 +25,8 @@ class Anonymizer(ABC):
     """
 
     name: str = "anonymizer"
+    # Generative anonymizers are held to the per-frame budget; classical ones are cheap.
+    budgeted: bool = False
 
     @abstractmethod
     def anonymize(self, frame: np.ndarray, face: Face, seed: int) -> None:

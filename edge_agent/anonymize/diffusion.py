@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -126,37 +127,63 @@ def to_unit(y_u8: np.ndarray) -> np.ndarray:
     return y_u8.astype(np.float32) / 127.5 - 1.0
 
 
+def match_sigma(degree: float) -> float:
+    """Scale of the original's luminance kept at paste-back: ``MATCH_SIGMA`` (lighting only) at
+    degree >= 1, down to 0.3 x that at degree 0 (more of the original's shading: faithful but
+    re-identifiable). The second half of the degree knob."""
+    return MATCH_SIGMA * float(np.clip(0.3 + 0.7 * degree, 0.3, 1.0))
+
+
+@lru_cache(maxsize=16)
+def _mask_blur(sigma: float, size: int = CROP) -> tuple[np.ndarray, np.ndarray]:
+    mask = gen_mask(size)
+    return mask, cv2.GaussianBlur(mask, (0, 0), sigma) + 1e-4
+
+
+@lru_cache(maxsize=4)
+def _feather_box(size: int = CROP) -> np.ndarray:
+    ys, xs = np.nonzero(feather_mask(size) > 0)
+    x0, x1, y0, y1 = xs.min() - 1, xs.max() + 2, ys.min() - 1, ys.max() + 2
+    return np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], np.float32)
+
+
 def composite(
-    frame: np.ndarray, face: Face, matrix: np.ndarray, crop_bgr: np.ndarray, gen_y: np.ndarray
+    frame: np.ndarray, face: Face, matrix: np.ndarray, crop_bgr: np.ndarray, gen_y: np.ndarray, degree: float = 1.0
 ) -> None:
     """Paste a generated [-1, 1] luminance crop back into ``frame`` (in place).
 
-    Lighting and skin tone come from the original at ``MATCH_SIGMA``; the whole ``face_region``
-    ellipse is blurred first so that anything the generated ellipse does not cover is redacted."""
+    Lighting comes from the original at :func:`match_sigma` (``degree``), skin tone at
+    ``MATCH_SIGMA``; the whole ``face_region`` ellipse is blurred first so that anything the
+    generated ellipse does not cover is redacted."""
     size = gen_y.shape[0]
     ycc = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2YCrCb).astype(np.float32)
-    orig_y = ycc[..., 0]
     gen = (gen_y.astype(np.float32) + 1.0) * 127.5
-    mask = _MASK if size == CROP else gen_mask(size)
-    # Lighting transfer restricted to the face ellipse (normalised blur so background does not leak in).
-    wsum = cv2.GaussianBlur(mask, (0, 0), MATCH_SIGMA) + 1e-4
-    lo_orig = cv2.GaussianBlur(orig_y * mask, (0, 0), MATCH_SIGMA) / wsum
-    lo_gen = cv2.GaussianBlur(gen * mask, (0, 0), MATCH_SIGMA) / wsum
-    out = ycc.copy()
-    out[..., 0] = gen - lo_gen + lo_orig
-    for c in (1, 2):
-        out[..., c] = cv2.GaussianBlur(ycc[..., c] * mask, (0, 0), MATCH_SIGMA) / wsum
+    # Lighting / skin-tone transfer restricted to the face ellipse (normalised blurs, so the
+    # background does not leak in).
+    sig = round(match_sigma(degree), 2)
+    mask, wl = _mask_blur(sig, size)
+    _, wsum = _mask_blur(MATCH_SIGMA, size)
+    lo_orig = cv2.GaussianBlur(ycc[..., 0] * mask, (0, 0), sig) / wl
+    lo_gen = cv2.GaussianBlur(gen * mask, (0, 0), sig) / wl
+    chroma = cv2.GaussianBlur(ycc[..., 1:] * mask[..., None], (0, 0), MATCH_SIGMA) / wsum[..., None]
+    out = np.dstack([gen - lo_gen + lo_orig, chroma])
     out_bgr = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2BGR)
 
     rows, cols, region = face_region(face, frame.shape)
-    # Region of interest: the face ellipse and the generated crop's footprint.
+    # 1) blur the whole face ellipse (the fail-closed base layer: hair, ears, anything the
+    #    generated face does not cover) — the same redaction as the classical Blur.
+    patch = frame[rows, cols]
+    ph, pw = patch.shape[:2]
+    small = cv2.resize(patch, (max(1, pw // 8), max(1, ph // 8)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigmaX=max(small.shape[:2]) / 4.0)
+    blurred = cv2.resize(small, (pw, ph), interpolation=cv2.INTER_LINEAR)
+    np.copyto(patch, blurred, where=region[..., None])
+    # 2) the generated face, feathered over it, inside the footprint of the feather mask
     inv = cv2.invertAffineTransform(matrix)
-    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float32) @ inv.T
+    corners = _feather_box(size) @ inv.T
     h, w = frame.shape[:2]
-    x0 = max(min(cols.start, int(np.floor(corners[:, 0].min()))), 0)
-    y0 = max(min(rows.start, int(np.floor(corners[:, 1].min()))), 0)
-    x1 = min(max(cols.stop, int(np.ceil(corners[:, 0].max())) + 1), w)
-    y1 = min(max(rows.stop, int(np.ceil(corners[:, 1].max())) + 1), h)
+    x0, y0 = max(int(np.floor(corners[:, 0].min())), 0), max(int(np.floor(corners[:, 1].min())), 0)
+    x1, y1 = min(int(np.ceil(corners[:, 0].max())) + 1, w), min(int(np.ceil(corners[:, 1].max())) + 1, h)
     if x1 <= x0 or y1 <= y0:
         raise ValueError("generated face lies outside the frame")
     roi = frame[y0:y1, x0:x1]
@@ -165,22 +192,7 @@ def composite(
     rw, rh = x1 - x0, y1 - y0
     warped = cv2.warpAffine(out_bgr, shift, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     alpha = cv2.warpAffine(_FEATHER if size == CROP else feather_mask(size), shift, (rw, rh), flags=cv2.INTER_LINEAR)
-
-    # 1) blur the whole face ellipse (fail-closed base layer: hair, ears, anything not generated)
-    region_full = np.zeros((rh, rw), bool)
-    region_full[rows.start - y0 : rows.stop - y0, cols.start - x0 : cols.stop - x0] = region
-    ys, xs = np.nonzero(region_full)
-    by0, by1, bx0, bx1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    patch = roi[by0:by1, bx0:bx1]
-    ph, pw = patch.shape[:2]
-    small = cv2.resize(patch, (max(1, pw // 8), max(1, ph // 8)), interpolation=cv2.INTER_AREA)
-    small = cv2.GaussianBlur(small, (0, 0), sigmaX=max(small.shape[:2]) / 4.0)
-    blurred = cv2.resize(small, (pw, ph), interpolation=cv2.INTER_LINEAR)
-    sub = region_full[by0:by1, bx0:bx1]
-    patch[sub] = blurred[sub]
-    # 2) the generated face, feathered over it
-    a = alpha[..., None]
-    roi[:] = np.clip(warped.astype(np.float32) * a + roi.astype(np.float32) * (1.0 - a) + 0.5, 0, 255).astype(np.uint8)
+    roi[:] = cv2.blendLinear(warped, roi, alpha, 1.0 - alpha)
 
 
 def aligned_crop(frame: np.ndarray, face: Face, size: int = CROP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -207,8 +219,11 @@ class DiffusionAnonymizer(Anonymizer):
     Parameters
     ----------
     model_path: the student ONNX (``edge_agent/assets/face_student.onnx``).
-    degree: identity change vs faithfulness; 0 = keep the face's 4x4 lighting layout, 1 = generic
-        layout at the face's brightness (default), >1 = pushed further away.
+    degree: identity change vs faithfulness. It moves the generator's 4x4 luminance condition
+        from the face's own layout (0) to a generic face's at the same brightness (1) and past
+        it (>1), and shrinks how much of the original's shading is put back at paste-back
+        (0: down to sigma 2 px of the 64 px crop, faithful and re-identifiable; >= 1: lighting
+        only). Default 1.
     regenerate_every: frames between regenerations of a track's face (0 = only once per track);
         in between the cached face is warped onto the current landmarks.
     regenerate_on_motion: also regenerate when the crop-space landmarks moved more than this many
@@ -327,4 +342,4 @@ class DiffusionAnonymizer(Anonymizer):
         else:
             self.stats["reused"] += 1
             self._tracks[seed] = self._tracks.pop(seed)  # LRU touch
-        composite(frame, face, matrix, crop, track.gen_y)
+        composite(frame, face, matrix, crop, track.gen_y, self.degree)

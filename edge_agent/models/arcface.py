@@ -21,6 +21,14 @@ class ArcFaceEmbedder:
         self.session = open_session(path, backend, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.dim = int(self.session.get_outputs()[0].shape[1])
+        # Where faces that carry no identity land (too dark, blurred, small, covered): the
+        # embedding of a blank grey crop. Such embeddings also sit close to each other, so a
+        # match between two of them says nothing about who it is.
+        self.null = self.embed_crops(np.full((1, self.size, self.size, 3), 96, np.uint8))[0]
+
+    def null_similarity(self, embeddings: np.ndarray) -> np.ndarray:
+        """Cosine of each embedding to the blank-face embedding: high means no identity in it."""
+        return embeddings @ self.null
 
     def crops(self, frame: np.ndarray, faces: list[Face]) -> np.ndarray:
         """Aligned BGR crops, [N, 112, 112, 3] uint8."""

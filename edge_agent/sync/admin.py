@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
-import paho.mqtt.client as mqtt
 
 from edge_agent.registry import Registry, RegistryError
 from edge_agent.sync import protocol
-from edge_agent.sync.config import MqttConfig
+from edge_agent.sync.client import make_client
+from edge_agent.config import MqttConfig
 
 PRIVATE_KEY = "admin_ed25519.key"
 PUBLIC_KEY = "admin_ed25519.pub"
@@ -49,21 +49,6 @@ def keygen(home: Path, force: bool = False) -> tuple[Path, Path]:
     os.replace(tmp, private)
     public.write_bytes(protocol.public_key_pem(key.public_key()))
     return private, public
-
-
-def mqtt_client(config: MqttConfig, client_id: str) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311)
-    if config.user is not None:
-        client.username_pw_set(config.user, config.password)
-    if config.tls_ca_certs or config.tls_client_cert:
-        import ssl
-
-        client.tls_set(ca_certs=str(config.tls_ca_certs) if config.tls_ca_certs else None,
-                       certfile=str(config.tls_client_cert) if config.tls_client_cert else None,
-                       keyfile=str(config.tls_client_key) if config.tls_client_key else None,
-                       cert_reqs=ssl.CERT_REQUIRED)
-        client.tls_insecure_set(config.tls_insecure)
-    return client
 
 
 class Admin:
@@ -151,54 +136,72 @@ class Admin:
                        (self.config.topic("registry", "snapshot"), snapshot, True)])
 
     # -- MQTT ------------------------------------------------------------------------------------
-    def _publish(self, messages: list[tuple[str, dict, bool]], timeout: float = 30.0) -> None:
-        key = protocol.load_private_key(self.key_path)
-        payloads = [(topic, protocol.sign(key, body), retain) for topic, body, retain in messages]
-        client = mqtt_client(self.config, f"edge-admin-{self.config.site}-{uuid.uuid4().hex[:8]}")
+    def _connect(self, hint: str = ""):
+        """A connected client with its network loop running; AdminError if the broker is away or refuses us."""
+        client = make_client(self.config, f"edge-admin-{self.config.site}-{uuid.uuid4().hex[:8]}", clean_session=True)
+        answer: dict = {}
+        connected = threading.Event()
+
+        def on_connect(client, userdata, flags, reason_code, properties):
+            answer["rc"] = reason_code
+            connected.set()
+
+        client.on_connect = on_connect
+        where = f"{self.config.host}:{self.config.port}"
         try:
             client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
         except OSError as exc:
-            raise AdminError(f"cannot reach the broker at {self.config.host}:{self.config.port} ({exc.strerror or exc}); "
-                             "the admin registry has the change: run `edge-admin publish-snapshot` when it is back") from None
+            raise AdminError(f"cannot reach the broker at {where} ({exc.strerror or exc}){hint}") from None
         client.loop_start()
+        if not connected.wait(10) or answer["rc"].is_failure:
+            client.loop_stop()
+            reason = answer.get("rc", "no answer in 10 s")
+            raise AdminError(f"the broker at {where} refused the connection ({reason}){hint}")
+        return client
+
+    def _publish(self, messages: list[tuple[str, dict, bool]], timeout: float = 30.0) -> None:
+        key = protocol.load_private_key(self.key_path)
+        payloads = [(topic, protocol.sign(key, body), retain) for topic, body, retain in messages]
+        hint = "; the admin registry has the change: run `edge-admin publish-snapshot` when the broker is reachable"
+        client = self._connect(hint)
         try:
             for topic, payload, retain in payloads:
                 info = client.publish(topic, payload, qos=1, retain=retain)
-                info.wait_for_publish(timeout)
+                try:
+                    info.wait_for_publish(timeout)
+                except (RuntimeError, ValueError):
+                    pass
                 if not info.is_published():
-                    raise AdminError("the broker did not confirm the publish; run `edge-admin publish-snapshot`")
+                    raise AdminError(f"the broker did not confirm the publish{hint}")
         finally:
             client.disconnect()
             client.loop_stop()
 
     def devices(self, wait: float = 1.0) -> list[dict]:
-        """Devices from their retained state messages (``offline`` is their Last Will)."""
+        """Devices from their retained ``state`` (registry numbers, last seen) and ``status``
+        (``online``, or ``offline`` from the Last Will) messages."""
         found: dict[str, dict] = {}
-        ready = threading.Event()
-        topic = self.config.topic("devices", "+", "state")
 
         def on_message(client, userdata, message):
             try:
-                state = json.loads(message.payload)
+                doc = json.loads(message.payload)
             except ValueError:
                 return
-            if isinstance(state, dict):
-                found[message.topic.split("/")[-2]] = state
+            if not isinstance(doc, dict):
+                return
+            *_, device, leaf = message.topic.split("/")
+            entry = found.setdefault(device, {})
+            if leaf == "state":
+                entry.update({k: v for k, v in doc.items() if k != "status"})
+                entry.setdefault("status", doc.get("status"))
+            else:
+                entry["status"] = doc.get("status")
+                entry["status_ts"] = doc.get("ts")
 
-        def on_connect(client, userdata, flags, reason_code, properties):
-            client.subscribe(topic, 1)
-            ready.set()
-
-        client = mqtt_client(self.config, f"edge-admin-{self.config.site}-{uuid.uuid4().hex[:8]}")
+        client = self._connect()
         client.on_message = on_message
-        client.on_connect = on_connect
         try:
-            client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
-        except OSError as exc:
-            raise AdminError(f"cannot reach the broker at {self.config.host}:{self.config.port} ({exc.strerror or exc})") from None
-        client.loop_start()
-        try:
-            ready.wait(10)
+            client.subscribe([(self.config.topic("devices", "+", "state"), 1), (self.config.topic("devices", "+", "status"), 1)])
             time.sleep(wait)
         finally:
             client.disconnect()

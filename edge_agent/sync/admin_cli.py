@@ -25,7 +25,7 @@ import yaml
 from pydantic import ValidationError
 
 from edge_agent.sync.admin import PUBLIC_KEY, Admin, AdminError, keygen
-from edge_agent.sync.config import MqttConfig
+from edge_agent.config import MqttConfig
 
 
 def _parser() -> argparse.ArgumentParser:

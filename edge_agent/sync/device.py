@@ -18,7 +18,6 @@ import json
 import logging
 import queue
 import signal
-import ssl
 import threading
 import time
 from collections import Counter
@@ -30,13 +29,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.registry import Registry, RegistryError
 from edge_agent.sync import protocol
-from edge_agent.sync.config import MqttConfig
+from edge_agent.sync.client import make_client
+from edge_agent.config import MqttConfig
 from edge_agent.sync.protocol import Event, Limits, Rejected, Snapshot
 
 log = logging.getLogger("edge_agent.sync")
 
 COUNTERS = (
-    "received", "applied", "snapshots_applied", "ignored_replay", "gaps",
+    "received", "applied", "snapshots_applied", "snapshots_current", "ignored_replay", "gaps",
     "rejected_size", "rejected_signature", "rejected_payload", "rejected_model", "apply_errors",
     "connects", "disconnects",
 )
@@ -69,7 +69,9 @@ class RegistryApplier:
 
     @property
     def needs_snapshot(self) -> bool:
-        return bool(self.held)
+        return bool(self.held) or self._resync
+
+    _resync = False  # an apply failed (storage error): only a snapshot can tell what was missed
 
     def handle(self, kind: str, payload: bytes) -> list[Outcome]:
         """``kind`` is ``event`` or ``snapshot`` (from the topic). Never raises for bad input."""
@@ -89,6 +91,7 @@ class RegistryApplier:
             return [Outcome("rejected", str(exc), 0)]
         except Exception as exc:  # a bug or a storage failure: registry rolled back, keep running
             self.counters["apply_errors"] += 1
+            self._resync = True
             log.error("registry sync: could not apply a %s message (%s)", kind, type(exc).__name__)
             return [Outcome("error", type(exc).__name__, 0)]
 
@@ -148,12 +151,17 @@ class RegistryApplier:
         if snap.model_sig != self.model_sig:
             raise Rejected("model", "snapshot embeddings come from another model than this device's")
         local = self.registry.version
-        if snap.version < local or (snap.version == local and snap.content_hash == self.local_hash()):
+        if snap.version == local and snap.content_hash == self.local_hash():
+            self.counters["snapshots_current"] += 1  # the normal case: the snapshot after each event
+            self._resync = False
+            return [Outcome("ignored", f"already at snapshot version {local}", snap.version)] + self._drain_held()
+        if snap.version < local:
             self.counters["ignored_replay"] += 1
             return [Outcome("ignored", f"snapshot {snap.version} is not newer than {local}", snap.version)] + self._drain_held()
         self.registry.replace_all(snap.people, snap.version)
         self._hash_cache = (self.registry.change_token(), snap.content_hash)
         self.counters["snapshots_applied"] += 1
+        self._resync = False
         self.model_mismatch = False
         self.last_applied_at = time.time()
         return [Outcome("snapshot_applied", f"{len(snap.people)} people", snap.version)] + self._drain_held()
@@ -188,6 +196,7 @@ class RegistrySync:
         self.events_topic = config.topic("registry", "events")
         self.snapshot_topic = config.topic("registry", "snapshot")
         self.state_topic = config.topic("devices", config.device_id, "state")
+        self.status_topic = config.topic("devices", config.device_id, "status")
         self.ack_topic = config.topic("devices", config.device_id, "ack")
         self._queue: "queue.Queue[Optional[mqtt.MQTTMessage]]" = queue.Queue()
         self._stop = threading.Event()
@@ -200,17 +209,8 @@ class RegistrySync:
     # -- lifecycle -------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.effective_client_id,
-                             clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
-        if cfg.user is not None:
-            client.username_pw_set(cfg.user, cfg.password)
-        if cfg.tls_ca_certs or cfg.tls_client_cert:
-            client.tls_set(ca_certs=str(cfg.tls_ca_certs) if cfg.tls_ca_certs else None,
-                           certfile=str(cfg.tls_client_cert) if cfg.tls_client_cert else None,
-                           keyfile=str(cfg.tls_client_key) if cfg.tls_client_key else None,
-                           cert_reqs=ssl.CERT_REQUIRED)
-            client.tls_insecure_set(cfg.tls_insecure)
-        client.will_set(self.state_topic, self._state_payload("offline"), qos=1, retain=True)
+        client = make_client(cfg, cfg.effective_client_id, clean_session=False, manual_ack=True)
+        client.will_set(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min_s)), max_delay=max(1, int(cfg.reconnect_max_s)))
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
@@ -231,7 +231,8 @@ class RegistrySync:
         self._queue.put(None)
         if self._connected.is_set():
             try:
-                info = self.client.publish(self.state_topic, self._state_payload("offline"), qos=1, retain=True)
+                self.client.publish(self.state_topic, protocol.canonical_json(self.state("offline")), qos=1, retain=True)
+                info = self.client.publish(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
                 info.wait_for_publish(timeout=min(timeout, 2.0))
             except (RuntimeError, ValueError):
                 pass
@@ -262,14 +263,13 @@ class RegistrySync:
             "ts": time.time(),
         }
 
-    def _state_payload(self, status: str) -> bytes:
-        if status == "offline":  # the Last Will: set once at connect, so it holds no live numbers
-            return protocol.canonical_json({"device_id": self.config.device_id, "status": "offline",
-                                            "model_sig": self.model_sig, "ts": time.time()})
-        return protocol.canonical_json(self.state(status))
+    def _status_payload(self, status: str) -> bytes:
+        return protocol.canonical_json({"device_id": self.config.device_id, "status": status, "ts": time.time()})
 
     def _publish_state(self) -> None:
-        self.client.publish(self.state_topic, self._state_payload("online"), qos=1, retain=True)
+        """Retained ``state`` (numbers, kept while offline) and retained ``status`` (the Last Will's topic)."""
+        self.client.publish(self.state_topic, protocol.canonical_json(self.state("online")), qos=1, retain=True)
+        self.client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
 
     # -- paho callbacks (network thread) -------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -282,7 +282,6 @@ class RegistrySync:
         # Re-subscribing also makes the broker resend the retained snapshot: a fresh device, or
         # one that missed events past its queue, catches up from it.
         client.subscribe([(self.events_topic, 1), (self.snapshot_topic, 1)])
-        client.will_set(self.state_topic, self._state_payload("offline"), qos=1, retain=True)
         self._queue.put("state")  # computed on the worker (the hash reads the registry)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:

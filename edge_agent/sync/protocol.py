@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge_agent.registry import Person
+from edge_agent.registry import Person, hash_people
 
 FORMAT = 1
 EMBEDDING_DIM = 128
@@ -125,16 +125,6 @@ def encode_embeddings(vectors: np.ndarray) -> dict:
     return {"count": int(vectors.shape[0]), "dim": int(vectors.shape[1]), "data": base64.b64encode(vectors.tobytes()).decode("ascii")}
 
 
-def people_hash(people: list[Person]) -> str:
-    """The same digest as ``Registry.content_hash`` (sha256 over people sorted by id), computed
-    from a message, so a snapshot is checked against its signed hash before it is applied."""
-    digest = hashlib.sha256()
-    for person in sorted(people, key=lambda p: p.person_id):
-        digest.update(f"{person.person_id}\x00{person.name}\x00{person.model_sig}\x00".encode())
-        digest.update(np.ascontiguousarray(person.embeddings, dtype="<f4").tobytes())
-    return digest.hexdigest()
-
-
 def sign(key: Ed25519PrivateKey, body: dict) -> bytes:
     data = canonical_json(body)
     header = {"alg": "Ed25519", "kid": key_id(key.public_key()), "sig": base64.b64encode(key.sign(data)).decode("ascii")}
@@ -151,9 +141,11 @@ def event_body(site: str, version: int, op: str, person_id: str, name: Optional[
 
 
 def snapshot_body(site: str, version: int, model_sig: str, people: list[Person]) -> dict:
+    if any(p.model_sig != model_sig for p in people):
+        raise ValueError("a snapshot holds embeddings of one model only")
     return {
         "format": FORMAT, "type": "snapshot", "site": site, "version": int(version), "model_sig": model_sig,
-        "issued_at": time.time(), "hash": people_hash(people), "count": len(people),
+        "issued_at": time.time(), "hash": hash_people(people), "count": len(people),
         "people": [{"person_id": p.person_id, "name": p.name, "embeddings": encode_embeddings(p.embeddings)}
                    for p in people],
     }
@@ -174,6 +166,8 @@ def verify(payload: bytes, public_key: Ed25519PublicKey, max_bytes: int) -> dict
         if not isinstance(header, dict) or header.get("alg") != "Ed25519" or not isinstance(header.get("sig"), str):
             raise ValueError
         signature = base64.b64decode(header["sig"], validate=True)
+        if len(signature) != 64 or base64.b64encode(signature).decode("ascii") != header["sig"]:
+            raise ValueError  # one canonical spelling: no malleable variants of a signed message
     except (ValueError, UnicodeDecodeError, binascii.Error, RecursionError):
         raise Rejected("signature", "malformed signature header") from None
     data = bytes(payload[newline + 1:])
@@ -260,7 +254,7 @@ def _embeddings(value, limits: Limits) -> np.ndarray:
     vectors = np.frombuffer(raw, dtype="<f4").reshape(count, dim).astype(np.float32)
     if not np.all(np.isfinite(vectors)):
         raise Rejected("payload", "embedding holds NaN or infinite values")
-    norms = np.linalg.norm(vectors, axis=1)
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)  # float64: huge values must not overflow
     if np.any(np.abs(norms - 1.0) > 1e-3):
         raise Rejected("payload", "embedding rows are not unit vectors")
     return vectors
@@ -324,6 +318,6 @@ def parse_snapshot(body: dict, site: str, limits: Limits) -> Snapshot:
         ids.add(person.person_id)
         names.add(person.name)
         people.append(person)
-    if people_hash(people) != claimed:
+    if hash_people(people) != claimed:
         raise Rejected("payload", "content hash does not match the people listed")
     return Snapshot(version, model_sig, claimed, people, issued_at)

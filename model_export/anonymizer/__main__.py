@@ -41,6 +41,8 @@ def main(argv=None) -> None:
     a.add_argument("--ckpt", type=Path, default=Path("build/anonymizer/student.pt"))
     a.add_argument("--out", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
     a.add_argument("--steps", type=int, default=1, choices=(1, 2))
+    a.add_argument("--teacher", type=Path, default=None, help="also write float16 teacher/student weights to --weights")
+    a.add_argument("--weights", type=Path, default=Path("model_export/anonymizer/weights"))
 
     a = sub.add_parser("eval", help="evaluation report (re-ID, cosine, validity, landmarks, video)")
     a.add_argument("--shared", type=Path, required=True)
@@ -77,7 +79,12 @@ def main(argv=None) -> None:
     elif args.cmd == "export":
         from model_export.anonymizer.export import export
 
+        from model_export.anonymizer.export import save_slim
+
         export(args.ckpt, args.out, args.steps)
+        if args.teacher is not None:
+            save_slim(args.ckpt, args.weights / "student_fp16.pt")
+            save_slim(args.teacher, args.weights / "teacher_fp16.pt", key="ema")
     elif args.cmd == "eval":
         from model_export.anonymizer.evaluate import evaluate
 

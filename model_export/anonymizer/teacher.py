@@ -28,10 +28,10 @@ UNET_CONFIG = dict(
     in_channels=1 + COND_CHANNELS,
     out_channels=1,
     layers_per_block=1,
-    block_out_channels=(32, 64, 128, 128),
+    block_out_channels=(24, 48, 96, 128),
     down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-    norm_num_groups=16,
+    norm_num_groups=8,
     attention_head_dim=32,
 )
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False)
@@ -111,7 +111,8 @@ def sample_teacher(model: UNet2DModel, noise: torch.Tensor, cond: torch.Tensor, 
 def load_teacher(path: Path, ema: bool = True) -> tuple[UNet2DModel, dict]:
     ck = torch.load(path, map_location="cpu", weights_only=False)
     model = build_unet()
-    model.load_state_dict(ck["ema"] if ema and "ema" in ck else ck["model"])
+    state = ck["ema"] if ema and "ema" in ck else ck["model"]
+    model.load_state_dict({k: v.float() for k, v in state.items()})
     model.eval()
     return model, ck
 
