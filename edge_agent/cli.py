@@ -7,6 +7,8 @@ import json
 import logging
 import secrets
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +16,7 @@ from edge_agent.config import CameraConfig, Config, ConfigError, load_config
 from edge_agent.enroll import EnrolError, embed_photos
 from edge_agent.models.files import ModelFileError
 from edge_agent.registry import Registry, RegistryError
+from edge_agent.sdnotify import Notifier, Watchdog
 
 log = logging.getLogger("edge_agent")
 
@@ -41,18 +44,33 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     if not config.cameras:
         raise UsageError("no camera configured: pass --source PATH|URL|INDEX or add cameras: to the config")
     token = config.api.token
-    if not token:
+    generated = not token
+    if generated:
         token = secrets.token_urlsafe(24)
         print("No API token configured (api.token or EDGE_AGENT_TOKEN): generated one for this run.", file=sys.stderr)
     agent = Agent(config)
     app = create_app(agent, token)
     server = uvicorn.Server(uvicorn.Config(app, host=config.api.host, port=config.api.port, log_level="warning", access_log=False))
+    notifier = Notifier()
+    watchdog = Watchdog(notifier, None, agent.alive)
     agent.start()
+
+    def announce_ready() -> None:
+        while not agent.running() or not server.started:
+            time.sleep(0.1)
+        notifier.ready(f"filtering {len(agent.cameras)} camera(s)")
+        watchdog.start()
+
+    threading.Thread(target=announce_ready, name="sd-ready", daemon=True).start()
     host = "127.0.0.1" if config.api.host in ("0.0.0.0", "::") else config.api.host
-    print(f"edge-agent: live anonymized view at http://{host}:{config.api.port}/#token={token}", flush=True)
+    # A configured token is a secret of the deployment: it never goes to stdout (the journal).
+    fragment = f"#token={token}" if generated else ""
+    print(f"edge-agent: live anonymized view at http://{host}:{config.api.port}/{fragment}", flush=True)
     try:
         server.run()
     finally:
+        notifier.stopping()
+        watchdog.stop()
         agent.stop()
     return 0
 

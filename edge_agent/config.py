@@ -39,6 +39,7 @@ class DetectorConfig(Strict):
 
 class EmbedderConfig(Strict):
     file: str = "mobilefacenet.onnx"
+    fallback_file: Optional[str] = Field("mobilefacenet.onnx", description="used when `file` (e.g. an INT8 build) cannot be loaded")
     backend: Backend = "cpu"
     threads: int = Field(0, ge=0)
 

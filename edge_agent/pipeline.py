@@ -166,7 +166,13 @@ class FailClosed:
         self.stats = stats
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"filter-{stats.name}")
         self._busy: Optional[object] = None
+        self._busy_since = 0.0
         self._lock = threading.Lock()
+
+    def stalled_for(self) -> float:
+        """Seconds the pipeline has been stuck on one frame (0 when idle or on time)."""
+        busy = self._busy
+        return time.monotonic() - self._busy_since if busy is not None and not busy.done() else 0.0
 
     def _redacted(self, frame: np.ndarray, reason: str) -> np.ndarray:
         self.stats.add("frames_redacted")
@@ -181,7 +187,7 @@ class FailClosed:
                 return self._redacted(frame, "pipeline still busy with an earlier frame"), True
             start = time.perf_counter()
             future = self._executor.submit(self.pipeline.filter, frame)
-            self._busy = future
+            self._busy, self._busy_since = future, time.monotonic()
         try:
             out = future.result(timeout=self.timeout_s)
         except FutureTimeout:

@@ -74,6 +74,7 @@ class CameraWorker:
         self.filter = models.pipeline(self.stats)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{name}", daemon=True)
+        self.heartbeat: Optional[float] = None  # last turn of the worker loop (monotonic)
 
     def start(self) -> None:
         self.source.start()
@@ -88,6 +89,7 @@ class CameraWorker:
     def _run(self) -> None:
         dropped_seen = 0
         while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
             frame = self.source.take(timeout=0.5)
             if self.source.dropped != dropped_seen:
                 self.stats.add("frames_dropped", self.source.dropped - dropped_seen)
@@ -153,6 +155,19 @@ class Agent:
             self.sync.stop()
         for worker in self.cameras.values():
             worker.stop()
+
+    def running(self) -> bool:
+        """Every camera's worker loop has turned at least once (systemd READY)."""
+        return all(w.heartbeat is not None for w in self.cameras.values())
+
+    def alive(self, max_stall_s: float = 10.0) -> bool:
+        """No worker loop and no filter is stuck (the systemd watchdog asks this). A camera that
+        is merely disconnected is alive: restarting the agent would not bring it back."""
+        now = time.monotonic()
+        return all(
+            w.heartbeat is not None and now - w.heartbeat < max_stall_s and w.filter.stalled_for() < max_stall_s
+            for w in self.cameras.values()
+        )
 
     def healthy(self, max_age_s: float = 10.0) -> bool:
         """Every camera published a frame recently (the systemd watchdog asks this)."""

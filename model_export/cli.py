@@ -70,7 +70,7 @@ def cmd_quantize(args) -> int:
             blobs = cal.pad_to_common(blobs)
         out = out_dir / int8_name(args.detector)
         with _bar(len(blobs), "quantize detector (calibration)", args.quiet) as bar:
-            recipe = Recipe(method=args.method, keep_heads_fp32=args.keep_heads_fp32)
+            recipe = Recipe(method=args.method, keep_heads_fp32=args.keep_heads_fp32, reduce_range=args.reduce_range in ("detector", "both"))
             quantize_model(detector_fp32, out, blobs, recipe, on_item=lambda: bar.update(1))
         written.append(out)
     if "embedder" in which:
@@ -91,7 +91,8 @@ def cmd_quantize(args) -> int:
         blobs = [cal.embedder_blob(crops[i : i + 1]) for i in range(len(crops))]
         out = out_dir / int8_name(args.embedder)
         with _bar(len(blobs), "quantize embedder (calibration)", args.quiet) as bar:
-            quantize_model(embedder_fp32, out, blobs, Recipe(method=args.method), embedding_space=True, on_item=lambda: bar.update(1))
+            recipe = Recipe(method=args.method, reduce_range=args.reduce_range in ("embedder", "both"))
+            quantize_model(embedder_fp32, out, blobs, recipe, embedding_space=True, on_item=lambda: bar.update(1))
         written.append(out)
         del crops, blobs
     for path in written:
@@ -235,7 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--face-calib", nargs="+", metavar="SRC", help="extra sources for embedder faces only (e.g. portraits); default: --calib")
     q.add_argument("--frames", type=_positive, default=200, help="detector calibration frames (default 200)")
     q.add_argument("--faces", type=_positive, default=300, help="embedder calibration faces (default 300)")
-    q.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    q.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="activation range calibration (default minmax; entropy/percentile keep every activation in memory: tens of GB for the detector)")
+    q.add_argument("--reduce-range", choices=("none", "embedder", "detector", "both"), default="embedder",
+                   help="7-bit weights, which avoids the U8S8 saturation of x86 CPUs without VNNI (default: embedder, where it "
+                        "keeps INT8 embeddings closest to FP32)")
     q.add_argument("--keep-heads-fp32", action="store_true", help="leave the detector's output convolutions in FP32")
     q.add_argument("--only", nargs="+", choices=("detector", "embedder"))
     q.add_argument("--models", help="model directory (default $EDGE_AGENT_MODELS or ./models)")

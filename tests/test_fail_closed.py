@@ -109,7 +109,7 @@ def test_anonymizer_and_fallback_fault_gives_redacted_frame(mode, make_config, p
 def test_no_embedder_hides_everyone(make_config, photo, face_models, tmp_path):
     """Without a verified embedder file the agent still runs and anonymizes every face."""
     detector, _ = face_models
-    config = make_config(models={"embedder": {"file": "missing.onnx"}})
+    config = make_config(models={"embedder": {"file": "missing.onnx", "fallback_file": None}})
     models = Models(config)
     assert models.embedder is None
     stats = CameraStats("t")

@@ -50,7 +50,7 @@ def face_ellipse(face: Face) -> tuple[tuple[float, float], tuple[float, float], 
 
 
 def face_region(face: Face, frame_shape: tuple[int, ...]) -> tuple[slice, slice, np.ndarray]:
-    """Bounding rows/cols of the face ellipse, clipped to the frame, and its boolean mask there.
+    """Bounding rows/cols of the face ellipse, clipped to the frame, and its uint8 mask (255 inside).
 
     Raises ValueError when the region lies outside the frame (nothing to cover is suspicious)."""
     (cx, cy), (ax, ay), angle = face_ellipse(face)
@@ -67,4 +67,4 @@ def face_region(face: Face, frame_shape: tuple[int, ...]) -> tuple[slice, slice,
         (int(np.ceil(ax)), int(np.ceil(ay))),
         angle, 0, 360, 255, thickness=-1,
     )
-    return slice(y0, y1), slice(x0, x1), mask.astype(bool)
+    return slice(y0, y1), slice(x0, x1), mask

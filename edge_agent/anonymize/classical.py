@@ -32,7 +32,7 @@ class Pixelate(Anonymizer):
             interpolation=cv2.INTER_AREA,
         )
         mosaic = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
-        patch[mask] = mosaic[mask]
+        cv2.copyTo(mosaic, mask, patch)
 
 
 class Blur(Anonymizer):
@@ -48,7 +48,7 @@ class Blur(Anonymizer):
         small = cv2.resize(patch, (max(1, w // 8), max(1, h // 8)), interpolation=cv2.INTER_AREA)
         small = cv2.GaussianBlur(small, (0, 0), sigmaX=max(small.shape[:2]) / 4.0)
         blurred = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-        patch[mask] = blurred[mask]
+        cv2.copyTo(blurred, mask, patch)
 
 
 class Solid(Anonymizer):
@@ -58,7 +58,7 @@ class Solid(Anonymizer):
 
     def anonymize(self, frame: np.ndarray, face: Face, seed: int = 0) -> None:
         rows, cols, mask = face_region(face, frame.shape)
-        frame[rows, cols][mask] = SOLID_BGR
+        frame[rows, cols][mask > 0] = SOLID_BGR
 
 
 CLASSICAL: dict[str, type[Anonymizer]] = {cls.name: cls for cls in (Pixelate, Blur, Solid)}

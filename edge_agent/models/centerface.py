@@ -24,6 +24,7 @@ class CenterFace:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=providers_for(backend))
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Optional, Protocol
 
 import numpy as np
-import onnx
+import onnxruntime as ort
 
 from edge_agent.config import Config
 from edge_agent.faces import Face
 from edge_agent.models.arcface import ArcFaceEmbedder
-from edge_agent.models.centerface import CenterFace
 from edge_agent.models.files import ModelFileError, model_signature, resolve
 from edge_agent.models.yunet import YuNet
 
@@ -35,6 +34,8 @@ def load_detector(config: Config) -> Detector:
     try:
         return YuNet(resolve(config.models.dir, cfg.file), **kwargs)
     except ModelFileError as primary:
+        from edge_agent.models.centerface import CenterFace  # imports onnx: only when needed
+
         try:
             detector = CenterFace(resolve(config.models.dir, cfg.fallback_file), **kwargs)
         except ModelFileError as fallback:
@@ -48,22 +49,35 @@ def embedding_space(path: Path) -> str:
 
     A quantized embedder carries its FP32 parent's signature in its ONNX metadata, so that
     registry embeddings made with either stay comparable."""
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    meta = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
     return meta.get(EMBEDDING_SPACE_KEY) or model_signature(path)
 
 
-def load_embedder(config: Config) -> tuple[Optional[ArcFaceEmbedder], Optional[str]]:
-    """(embedder, model signature), or (None, None) when no verified embedder can be had."""
+def require_embedder(config: Config) -> tuple[ArcFaceEmbedder, str]:
+    """(embedder, model signature) from ``file``, else ``fallback_file``; raises naming both."""
     cfg = config.models.embedder
+    names = [cfg.file] + ([cfg.fallback_file] if cfg.fallback_file and cfg.fallback_file != cfg.file else [])
+    errors = []
+    for name in names:
+        try:
+            path = resolve(config.models.dir, name)
+            embedder = ArcFaceEmbedder(path, cfg.backend, cfg.threads)
+        except Exception as exc:
+            errors.append(str(exc))
+            continue
+        if errors:
+            log.warning("embedder %s unavailable (%s); using %s", names[0], errors[0], name)
+        return embedder, embedding_space(path)
+    raise ModelFileError("no face embedder can be loaded: " + "; ".join(errors))
+
+
+def load_embedder(config: Config) -> tuple[Optional[ArcFaceEmbedder], Optional[str]]:
+    """For the pipeline: (None, None) when no verified embedder can be had, so that the agent
+    keeps filtering and shows nobody, rather than stopping."""
     try:
-        path = resolve(config.models.dir, cfg.file)
-        return ArcFaceEmbedder(path, cfg.backend, cfg.threads), embedding_space(path)
-    except Exception as exc:  # any failure here must degrade to "show nobody", not stop filtering
+        return require_embedder(config)
+    except Exception as exc:
         log.error("!!! NO FACE EMBEDDER (%s): recognition is OFF, every face will be anonymized !!!", exc)
         return None, None
-
-
-def require_embedder(config: Config) -> tuple[ArcFaceEmbedder, str]:
-    """For enrolment, where an embedder is indispensable: raise instead of degrading."""
-    path = resolve(config.models.dir, config.models.embedder.file)
-    return ArcFaceEmbedder(path, config.models.embedder.backend, config.models.embedder.threads), embedding_space(path)

