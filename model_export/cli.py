@@ -2,7 +2,7 @@
 
     python -m model_export quantize --calib /data/frames /data/videos/*.mp4
     python -m model_export build-engine --precision fp16 int8
-    python -m model_export verify --shared /work/shared --out reports/quantization
+    python -m model_export verify --shared "$EDGE_AGENT_SHARED_DIR" --out reports/quantization
 
 The model directory is ``--models``, else ``$EDGE_AGENT_MODELS``, else ``./models``.
 Exit status: 0 done, 1 the step failed (message on stderr), 2 bad arguments.
@@ -47,8 +47,6 @@ def _bar(total: int, desc: str, quiet: bool):
 
 # ---------------------------------------------------------------- quantize
 def cmd_quantize(args) -> int:
-    import numpy as np
-
     from edge_agent.models.files import resolve
     from edge_agent.models.yunet import YuNet
     from model_export import calibration as cal
@@ -100,7 +98,6 @@ def cmd_quantize(args) -> int:
         meta = read_metadata(path)
         space = meta.get("edge_agent.embedding_space")
         print(f"wrote {path} sha256 {digest[:16]}… (SHA256SUMS updated)" + (f"; embedding space {space}" if space else ""))
-    del np
     return 0
 
 
@@ -128,14 +125,20 @@ def cmd_build_engine(args) -> int:
         from model_export import calibration as cal
 
         frames = cal.sample_frames(args.calib, args.frames, video_stride=15)
+        # TensorRT calibrates at the profile's optimum shape: every batch must have exactly it.
         for path in paths:
-            if engines.default_profile(path) is engines.EMBEDDER_PROFILE:
+            profile = engines.default_profile(path)
+            if profile is engines.EMBEDDER_PROFILE:
                 from edge_agent.models.yunet import YuNet
 
                 crops = cal.aligned_faces(frames, YuNet(resolve(models, DETECTOR)), args.frames)
-                blobs_by_model[path.name] = [cal.embedder_blob(crops[i : i + 8]) for i in range(0, len(crops), 8)]
+                n = profile.opt[0]
+                if len(crops) < n:
+                    raise CliError(f"INT8 calibration of {path.name} needs at least {n} faces; found {len(crops)}")
+                blobs_by_model[path.name] = [cal.embedder_blob(crops[i : i + n]) for i in range(0, len(crops) - n + 1, n)]
             else:
-                blobs_by_model[path.name] = [cal.detector_canvas(f) for f in frames]
+                shape = profile.opt if profile is not None else tuple(d for d in engines.static_shape(path))
+                blobs_by_model[path.name] = [cal.fixed_canvas(f, shape[2], shape[3]) for f in frames]
         cal_hash = engines.calibration_hash(b for blobs in blobs_by_model.values() for b in blobs)
     elif fp32_int8 and args.calibration_hash:
         cal_hash = args.calibration_hash  # reuse an existing calibration cache

@@ -26,7 +26,7 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -131,6 +131,13 @@ def default_profile(model_path: Path) -> Optional[Profile]:
     if len(shape) == 4:
         return DETECTOR_PROFILE
     raise EngineError(f"{model_path.name}: dynamic input {shape} needs an explicit --profile")
+
+
+def static_shape(model_path: Path) -> tuple[int, ...]:
+    import onnx
+
+    dims = onnx.load(str(model_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return tuple(int(d.dim_value) for d in dims)
 
 
 @dataclass(frozen=True)

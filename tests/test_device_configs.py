@@ -26,13 +26,17 @@ def test_config_validates(path):
     # no secret in a committed file: the token comes from EDGE_AGENT_TOKEN
     assert config.api.token is None
     raw = yaml.safe_load(path.read_text())
-    assert "mqtt" not in raw, "mqtt: is not in the config schema yet; keep it commented out"
+    # MQTT settings are there but off until the site fills them; the password never is
+    assert config.mqtt is not None and config.mqtt.enabled is False
+    assert "password" not in raw["mqtt"]
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_environment_overrides_apply(path, tmp_path):
-    config = load_config(path, env={"EDGE_AGENT_MODELS": str(tmp_path), "EDGE_AGENT_DATA_DIR": str(tmp_path / "d"), "EDGE_AGENT_TOKEN": "t"})
+    env = {"EDGE_AGENT_MODELS": str(tmp_path), "EDGE_AGENT_DATA_DIR": str(tmp_path / "d"), "EDGE_AGENT_TOKEN": "t", "EDGE_AGENT_MQTT_PASSWORD": "p"}
+    config = load_config(path, env=env)
     assert config.models.dir == tmp_path and config.data_dir == tmp_path / "d" and config.api.token == "t"
+    assert config.mqtt.password == "p" and config.mqtt.user
 
 
 @pytest.mark.parametrize("path", [p for p in FILES if p.stem.startswith("jetson")], ids=lambda p: p.stem)

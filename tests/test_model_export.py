@@ -274,3 +274,16 @@ def test_pair_accuracy_and_rank1():
     assert pair_accuracy_10fold(scores, same)[0] == 1.0
     emb = np.eye(3)[[0, 0, 1, 1, 2]].astype(np.float32)
     assert rank1_leave_one_out(emb, ["a", "a", "b", "b", "c"]) == 1.0
+
+
+def test_build_engine_int8_plan_from_calibration_data(models_dir, shared_dir, tmp_path, capsys):
+    argv = ["-q", "build-engine", "--models", str(models_dir), "--cache-dir", str(tmp_path), "--dry-run", "--trt-version", "10.3.0",
+            "--gpu-name", "Orin", "--precision", "int8", "--model", "yunet_s_dynamic.onnx", "--calib", str(shared_dir / "faces" / "crowds"), "--frames", "4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "int8" in out and "-cal" in out and "would build" in out
+
+
+def test_fixed_canvas_fits_any_frame_into_the_profile_shape():
+    for shape in ((720, 1280, 3), (1000, 600, 3), (100, 100, 3)):
+        assert cal.fixed_canvas(np.zeros(shape, np.uint8), 384, 640).shape == (1, 3, 384, 640)
