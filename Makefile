@@ -18,6 +18,14 @@ CONFIG   ?= device_configs/$(DEVICE).yaml
 HOST     ?= 127.0.0.1
 PORT     ?= 8080
 
+# On a Jetson: JetPack's TensorRT/OpenCV come from the system, and the device needs only the
+# runtime (no torch); elsewhere the full development set.
+ifneq ($(wildcard /etc/nv_tegra_release),)
+VENV_FLAGS   ?= --system-site-packages
+REQUIREMENTS ?= requirements/runtime.txt
+endif
+REQUIREMENTS ?= requirements/dev.txt
+
 export EDGE_AGENT_MODELS := $(abspath $(MODELS))
 export EDGE_AGENT_DATA_DIR ?= $(abspath $(DATA_DIR))
 
@@ -27,9 +35,9 @@ setup: venv models quantize ## virtualenv, pinned dependencies, verified models,
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements/runtime.txt requirements/dev.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements/dev.txt
+	$(PY) -m pip install --quiet -r $(REQUIREMENTS)
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 

@@ -27,7 +27,7 @@ from edge_agent.sync import protocol
 from edge_agent.sync.admin import Admin, AdminError, keygen
 from edge_agent.config import MqttConfig
 from edge_agent.sync.device import RegistrySync
-from mqtt_broker import Broker, broker, tls_broker  # noqa: F401  (fixtures)
+from tests.mqtt_broker import Broker, broker, tls_broker  # noqa: F401  (fixtures)
 
 SIG = "mobilefacenet-test"
 REPO = Path(__file__).resolve().parents[1]

@@ -7,6 +7,7 @@ where it exists; torch is never needed here.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import onnxruntime as ort
@@ -43,6 +44,8 @@ def providers_for(backend: str, cache_dir: Path | None = None) -> list:
 
 def open_session(path: Path, backend: str = "cpu", threads: int = 0, cache_dir: Path | None = None) -> ort.InferenceSession:
     """An inference session for ``path``; ``threads`` = 0 lets onnxruntime decide."""
+    if cache_dir is None and os.environ.get("CACHE_DIRECTORY"):
+        cache_dir = Path(os.environ["CACHE_DIRECTORY"])  # systemd's CacheDirectory: engines survive restarts
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
