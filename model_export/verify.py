@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from edge_agent.faces import Face
+from edge_agent.tracker import iou_matrix
 
 IOU_MATCH = 0.5
 AGENT_THRESHOLD = 0.42  # edge_agent.config.RecognitionConfig.threshold default
@@ -32,20 +33,6 @@ LOWER_THRESHOLDS = (0.45, 0.4)
 
 
 # ---------------------------------------------------------------- detector metrics
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` [N,4] with every box in ``b`` [M,4] (x1,y1,x2,y2)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), np.float32)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
 def match(ref: np.ndarray, test: np.ndarray, threshold: float = IOU_MATCH) -> list[tuple[int, int, float]]:
     """Greedy one-to-one matching, highest IoU first; (ref index, test index, iou) pairs."""
     iou = iou_matrix(ref, test)
