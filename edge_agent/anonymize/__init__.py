@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from edge_agent.anonymize.base import Anonymizer
 from edge_agent.anonymize.classical import CLASSICAL, Pixelate
 from edge_agent.config import AnonymizerConfig
+
+
+log = logging.getLogger(__name__)
+
+# The project's own distilled student (model card: edge_agent/assets/FACE_STUDENT.md).
+STUDENT = Path(__file__).resolve().parent.parent / "assets" / "face_student.onnx"
 
 
 def classical(mode: str, cfg: AnonymizerConfig) -> Anonymizer:
@@ -16,6 +25,14 @@ def build_anonymizers(cfg: AnonymizerConfig) -> tuple[Anonymizer, Anonymizer]:
     fallback = classical(cfg.fallback, cfg)
     if cfg.mode != "diffusion":
         return classical(cfg.mode, cfg), fallback
-    from edge_agent.anonymize.diffusion import build_diffusion
+    from edge_agent.anonymize.diffusion import DiffusionAnonymizer
 
-    return build_diffusion(cfg.diffusion), fallback
+    d = cfg.diffusion
+    try:
+        engine = DiffusionAnonymizer(
+            d.model or STUDENT, degree=d.degree, regenerate_every=d.regenerate_frames, budget_ms=d.budget_ms, backend=d.backend, threads=d.threads
+        )
+    except Exception as exc:  # keep filtering with the classical redaction rather than not at all
+        log.error("diffusion anonymizer unavailable (%s); every face gets %s", exc, cfg.fallback)
+        return fallback, fallback
+    return engine, fallback

@@ -25,12 +25,13 @@ class Anonymizer(ABC):
     """
 
     name: str = "anonymizer"
-    # Generative anonymizers are held to the per-frame budget; classical ones are cheap.
-    budgeted: bool = False
 
     @abstractmethod
     def anonymize(self, frame: np.ndarray, face: Face, seed: int) -> None:
         """Overwrite ``face`` in the BGR uint8 ``frame``."""
+
+    def begin_frame(self) -> None:
+        """A new frame starts (a per-frame time budget restarts here)."""
 
     def forget(self, seed: int) -> None:
         """Drop any state kept for ``seed`` (its track ended)."""
