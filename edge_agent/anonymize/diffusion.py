@@ -49,7 +49,7 @@ COND_CHANNELS = 8  # context, mask, low-frequency luminance, 5 landmark heat-map
 DEFAULT_MEAN_PATTERN = np.zeros((LOWFREQ_CELLS, LOWFREQ_CELLS), np.float32)
 
 
-class BudgetExceeded(RuntimeError):
+class BudgetExceeded(TimeoutError):
     """Generating this face would overrun the frame's latency budget (caller falls back)."""
 
 
@@ -177,7 +177,8 @@ def composite(
     small = cv2.resize(patch, (max(1, pw // 8), max(1, ph // 8)), interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(small, (0, 0), sigmaX=max(small.shape[:2]) / 4.0)
     blurred = cv2.resize(small, (pw, ph), interpolation=cv2.INTER_LINEAR)
-    np.copyto(patch, blurred, where=region[..., None])
+    sel = region.astype(bool)  # face_region gives a uint8 (255 inside) or bool mask
+    patch[sel] = blurred[sel]
     # 2) the generated face, feathered over it, inside the footprint of the feather mask
     inv = cv2.invertAffineTransform(matrix)
     corners = _feather_box(size) @ inv.T

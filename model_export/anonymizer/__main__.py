@@ -23,6 +23,7 @@ def main(argv=None) -> None:
     a.add_argument("--ckpt", type=Path, default=Path("build/anonymizer/teacher.pt"))
     a.add_argument("--steps", type=int, default=3000, help="total optimiser steps (resumes from --ckpt)")
     a.add_argument("--minutes", type=float, default=0, help="stop (and save) after this wall time")
+    a.add_argument("--stop-at", type=int, default=0, help="stop (and save) at this step; the LR schedule still spans --steps")
     a.add_argument("--batch", type=int, default=32)
     a.add_argument("--lr", type=float, default=4e-4)
 
@@ -34,6 +35,7 @@ def main(argv=None) -> None:
     a.add_argument("--teacher-steps", type=int, default=20)
     a.add_argument("--steps", type=int, default=1500)
     a.add_argument("--minutes", type=float, default=0)
+    a.add_argument("--stop-at", type=int, default=0, help="stop (and save) at this step; the LR schedule still spans --steps")
     a.add_argument("--batch", type=int, default=32)
     a.add_argument("--lr", type=float, default=2e-4)
 
@@ -59,6 +61,7 @@ def main(argv=None) -> None:
     a.add_argument("--teacher", type=Path, default=Path("build/anonymizer/teacher.pt"))
     a.add_argument("--teacher-steps", type=int, default=20)
     a.add_argument("--repeats", type=int, default=30)
+    a.add_argument("--json", type=Path, default=None, help="also write the numbers here (e.g. reports/anonymizer/bench_2threads.json)")
 
     args = p.parse_args(argv)
     import torch as _t
@@ -71,11 +74,11 @@ def main(argv=None) -> None:
     elif args.cmd == "train-teacher":
         from model_export.anonymizer.teacher import train_teacher
 
-        train_teacher(args.data, args.ckpt, args.steps, args.batch, args.lr, args.minutes)
+        train_teacher(args.data, args.ckpt, args.steps, args.batch, args.lr, args.minutes, args.stop_at)
     elif args.cmd == "distill":
         from model_export.anonymizer.student import distill
 
-        distill(args.data, args.teacher, args.ckpt, args.samples, args.teacher_steps, args.steps, args.batch, args.lr, args.minutes)
+        distill(args.data, args.teacher, args.ckpt, args.samples, args.teacher_steps, args.steps, args.batch, args.lr, args.minutes, args.stop_at)
     elif args.cmd == "export":
         from model_export.anonymizer.export import export
 
@@ -92,7 +95,12 @@ def main(argv=None) -> None:
     elif args.cmd == "bench":
         from model_export.anonymizer.bench import bench
 
-        bench(args.student, args.teacher, args.teacher_steps, args.repeats, args.threads)
+        import json
+
+        res = bench(args.student, args.teacher, args.teacher_steps, args.repeats, args.threads)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({**res, "threads": args.threads}, indent=1))
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def make_targets(data: CropData, teacher, n: int, steps: int, cache: Path) -> di
 
 
 def distill(data_dir: Path, teacher_ckpt: Path, ckpt: Path, n_samples: int, teacher_steps: int,
-            total_steps: int, batch: int, lr: float, minutes: float = 0) -> None:
+            total_steps: int, batch: int, lr: float, minutes: float = 0, stop_at: int = 0) -> None:
     ckpt = Path(ckpt)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     data = CropData(data_dir, seed=7)
@@ -130,6 +130,9 @@ def distill(data_dir: Path, teacher_ckpt: Path, ckpt: Path, n_samples: int, teac
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if step % 100 == 0:
             save()
+        if stop_at and step >= stop_at:
+            print(f"stop-at reached at step {step}")
+            break
         if minutes and time.time() - t0 > minutes * 60:
             print(f"time limit reached at step {step}")
             break

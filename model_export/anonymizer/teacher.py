@@ -117,7 +117,7 @@ def load_teacher(path: Path, ema: bool = True) -> tuple[UNet2DModel, dict]:
     return model, ck
 
 
-def train_teacher(data_dir: Path, ckpt: Path, total_steps: int, batch: int, lr: float, minutes: float = 0) -> None:
+def train_teacher(data_dir: Path, ckpt: Path, total_steps: int, batch: int, lr: float, minutes: float = 0, stop_at: int = 0) -> None:
     ckpt = Path(ckpt)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     data = CropData(data_dir)
@@ -180,6 +180,9 @@ def train_teacher(data_dir: Path, ckpt: Path, total_steps: int, batch: int, lr: 
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if step % 100 == 0:
             save()
+        if stop_at and step >= stop_at:
+            print(f"stop-at reached at step {step}")
+            break
         if minutes and time.time() - t0 > minutes * 60:
             print(f"time limit reached at step {step}")
             break
