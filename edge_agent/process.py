@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,30 +59,69 @@ def process_file(models: Models, source: Path, output: Path, progress: bool = Tr
     if max_frames:
         total = min(total or max_frames, max_frames)
     guard = models.pipeline(stats)
-    writer = None
-    frames = 0
-    start = time.perf_counter()
-    try:
-        with tqdm(total=total, unit="frame", disable=not progress, desc=source.name) as bar:
-            while max_frames is None or frames < max_frames:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                out, _ = guard.filter_array(frame)
+    # Decoding and encoding run on their own threads (OpenCV releases the GIL), overlapping
+    # with filtering; bounded queues keep memory flat. Only filtered frames reach the writer.
+    decoded: queue.Queue = queue.Queue(maxsize=4)
+    filtered: queue.Queue = queue.Queue(maxsize=4)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        count = 0
+        while not stop.is_set() and (max_frames is None or count < max_frames):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            decoded.put(frame)
+            count += 1
+        decoded.put(None)
+
+    def write() -> None:
+        writer = None
+        try:
+            while (out := filtered.get()) is not None:
                 with stats.timed("encode"):
                     if writer is None:
                         writer = cv2.VideoWriter(str(output), cv2.VideoWriter_fourcc(*"mp4v"), fps, (out.shape[1], out.shape[0]))
                         if not writer.isOpened():
                             raise ValueError(f"cannot write video {output}")
                     writer.write(out)
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+            while filtered.get() is not None:  # drain so the producer never blocks
+                pass
+        finally:
+            if writer is not None:
+                writer.release()
+
+    reader = threading.Thread(target=read, name="process-read", daemon=True)
+    writer_thread = threading.Thread(target=write, name="process-write", daemon=True)
+    reader.start()
+    writer_thread.start()
+    frames = 0
+    start = time.perf_counter()
+    try:
+        with tqdm(total=total, unit="frame", disable=not progress, desc=source.name) as bar:
+            while (frame := decoded.get()) is not None:
+                out, _ = guard.filter_array(frame)
+                filtered.put(out)
                 stats.frame_published()
                 frames += 1
                 bar.update()
     finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                decoded.get_nowait()
+            except queue.Empty:
+                reader.join(0.05)
+        filtered.put(None)
+        writer_thread.join()
         cap.release()
         guard.close()
-        if writer is not None:
-            writer.release()
+    if errors:
+        raise errors[0]
     if frames == 0:
         raise EnrolError(f"{source}: no frame could be read")
     return ProcessResult(frames, time.perf_counter() - start, stats.snapshot())

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Optional, Protocol
 
 import numpy as np
-import onnxruntime as ort
 
 from edge_agent.config import Config
 from edge_agent.faces import Face
@@ -44,14 +43,12 @@ def load_detector(config: Config) -> Detector:
         return detector
 
 
-def embedding_space(path: Path) -> str:
+def embedding_space(embedder: ArcFaceEmbedder, path: Path) -> str:
     """The model signature that names this embedder's vectors.
 
     A quantized embedder carries its FP32 parent's signature in its ONNX metadata, so that
     registry embeddings made with either stay comparable."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    meta = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    meta = embedder.session.get_modelmeta().custom_metadata_map
     return meta.get(EMBEDDING_SPACE_KEY) or model_signature(path)
 
 
@@ -69,7 +66,7 @@ def require_embedder(config: Config) -> tuple[ArcFaceEmbedder, str]:
             continue
         if errors:
             log.warning("embedder %s unavailable (%s); using %s", names[0], errors[0], name)
-        return embedder, embedding_space(path)
+        return embedder, embedding_space(embedder, path)
     raise ModelFileError("no face embedder can be loaded: " + "; ".join(errors))
 
 
