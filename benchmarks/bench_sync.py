@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from edge_agent.registry import Person, Registry  # noqa: E402
 from edge_agent.sync import protocol  # noqa: E402
 from edge_agent.sync.admin import Admin, keygen  # noqa: E402
-from edge_agent.sync.config import MqttConfig  # noqa: E402
+from edge_agent.config import MqttConfig  # noqa: E402
 from edge_agent.sync.device import RegistryApplier, RegistrySync  # noqa: E402
 
 SIG = "mobilefacenet-bench"
