@@ -163,6 +163,7 @@ class FailClosed:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"filter-{stats.name}")
         self._busy: Optional[object] = None
         self._busy_since = 0.0
+        self._last_warning = -1e9
         self._lock = threading.Lock()
 
     def stalled_for(self) -> float:
@@ -172,7 +173,10 @@ class FailClosed:
 
     def _redacted(self, frame: np.ndarray, reason: str) -> np.ndarray:
         self.stats.add("frames_redacted")
-        log.warning("frame fully redacted: %s", reason)
+        now = time.monotonic()
+        if now - self._last_warning >= 10.0:  # a stalled stage would otherwise log every frame
+            log.warning("frame fully redacted: %s (%d frames redacted so far)", reason, self.stats.counters["frames_redacted"])
+            self._last_warning = now
         return redact_frame(frame, self.frame_fallback)
 
     def filter_array(self, frame: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -4,7 +4,6 @@ the CLI's argument handling, the verify metrics. TensorRT tests skip without ten
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2

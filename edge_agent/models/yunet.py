@@ -58,10 +58,10 @@ class YuNet:
         canvas, scale = self._canvas(frame)
         blob = canvas.transpose(2, 0, 1)[None].astype(np.float32)
         outputs = dict(zip(self.output_names, self.session.run(None, {self.input_name: blob})))
-        ch, cw = canvas.shape[:2]
+        cw = canvas.shape[1]
         boxes, landmarks, scores = [], [], []
         for stride in STRIDES:
-            rows, cols = ch // stride, cw // stride
+            cols = cw // stride
             cls = outputs[f"cls_{stride}"][0, :, 0]
             obj = outputs[f"obj_{stride}"][0, :, 0]
             score = np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1))

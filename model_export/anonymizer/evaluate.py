@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from edge_agent.align import align
 from edge_agent.anonymize.classical import Blur, Pixelate
-from edge_agent.anonymize.diffusion import CROP, DiffusionAnonymizer, aligned_crop, conditions, seed_noise, to_unit
+from edge_agent.anonymize.diffusion import DiffusionAnonymizer, aligned_crop, conditions, seed_noise, to_unit
 from edge_agent.models.arcface import ArcFaceEmbedder
 from edge_agent.models.yunet import YuNet
 from model_export.anonymizer.data import arcface_path, central_face, yunet_path
@@ -219,7 +219,6 @@ def evaluate(args) -> dict:
         conds_t, noises_t = torch.from_numpy(np.stack(conds)), torch.from_numpy(np.stack(noises))
         for steps in (1, 2, 4, 20):
             outs = []
-            t0 = time.perf_counter()
             for s in tqdm(range(0, len(conds_t), 50), desc=f"teacher {steps} steps", leave=False):
                 outs.append(sample_teacher(teacher, noises_t[s : s + 50], conds_t[s : s + 50], steps).numpy())
             outs = list(np.concatenate(outs)[:, 0])

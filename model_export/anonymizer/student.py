@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model_export.anonymizer.teacher import CropData, build_unet, load_teacher, sample_teacher, train_scheduler
+from model_export.anonymizer.teacher import CropData, build_unet, load_teacher, sample_teacher, step_done, train_scheduler
 
 T_FIRST = 999
 T_SECOND = 500
@@ -124,17 +124,7 @@ def distill(data_dir: Path, teacher_ckpt: Path, ckpt: Path, n_samples: int, teac
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        losses.append(loss.item())
-        bar.update(1)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if step % 100 == 0:
-            save()
-        if stop_at and step >= stop_at:
-            print(f"stop-at reached at step {step}")
-            break
-        if minutes and time.time() - t0 > minutes * 60:
-            print(f"time limit reached at step {step}")
+        if step_done(step, loss.item(), losses, bar, save, stop_at, minutes, t0):
             break
     save()
     bar.close()

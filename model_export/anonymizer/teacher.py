@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from tqdm import tqdm
 
@@ -36,6 +35,24 @@ UNET_CONFIG = dict(
 )
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False)
 FLIP_ORDER = [1, 0, 2, 4, 3]
+
+
+def step_done(step: int, loss: float, losses: list, bar, save, stop_at: int, minutes: float, t0: float) -> bool:
+    """Bookkeeping after one optimiser step, shared by teacher and student training: progress,
+    a checkpoint every 100 steps (runs resume from it), and the stop rules. True = stop."""
+    losses.append(loss)
+    bar.update(1)
+    if step % 20 == 0:
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    if step % 100 == 0:
+        save()
+    if stop_at and step >= stop_at:
+        print(f"stop-at reached at step {step}")
+        return True
+    if minutes and time.time() - t0 > minutes * 60:
+        print(f"time limit reached at step {step}")
+        return True
+    return False
 
 
 def build_unet() -> UNet2DModel:
@@ -174,17 +191,7 @@ def train_teacher(data_dir: Path, ckpt: Path, total_steps: int, batch: int, lr: 
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
         step += 1
-        losses.append(loss.item())
-        bar.update(1)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if step % 100 == 0:
-            save()
-        if stop_at and step >= stop_at:
-            print(f"stop-at reached at step {step}")
-            break
-        if minutes and time.time() - t0 > minutes * 60:
-            print(f"time limit reached at step {step}")
+        if step_done(step, loss.item(), losses, bar, save, stop_at, minutes, t0):
             break
     save()
     bar.close()
