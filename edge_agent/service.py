@@ -101,9 +101,9 @@ class CameraWorker:
                 continue
             try:
                 filtered = self.filter(frame, time.time())
-            except Exception:  # the loop must survive anything; the frame is simply not published
+            except Exception as exc:  # the loop must survive anything; the frame is simply not published
                 self.stats.add("errors")
-                log.exception("camera %s: frame dropped", self.name)
+                log.error("camera %s: frame dropped (%s)", self.name, type(exc).__name__)  # no message: it could quote data
                 continue
             if filtered is not None:
                 self.buffer.publish(filtered)

@@ -347,7 +347,7 @@ def write_markdown(out_dir: Path, res: dict, args) -> None:
               f"→ ratio **{v['stability_ratio']:.2f}** (1 = as stable as the real face)",
               f"- anonymizer time per frame: mean {v['anonymize_ms_per_frame_mean']:.1f} ms, p95 {v['anonymize_ms_per_frame_p95']:.1f} ms (no budget)", "",
               "![degree sweep](degree_sweep.png)", "", "![teacher vs student](teacher_vs_student.png)", "",
-              "LFW held-out (rows: original, student, 2-step student, blur, teacher 20 steps):", "", "![grid](grid_lfw.jpg)", "",
+              "LFW held-out (rows: original, student, 2-step student, blur, teacher 20 steps):", "", "(Image grids are written next to this report by `make eval-anonymizer` and not committed: they show the evaluation photos.)", "", "![grid](grid_lfw.jpg)", "",
               "Colour photos (top original, bottom student):", "", "![colour](grid_colour.jpg)", "", "![video](video_frame.jpg)", ""]
     lines += ["## Reading these numbers", "",
               "- Identity removal is met by construction: the generator never sees the face interior (only a blurred context ring, "
