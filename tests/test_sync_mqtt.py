@@ -152,15 +152,21 @@ def test_enrol_recognise_remove_with_real_faces(shared_dir, models_dir, broker, 
         registry.close()
 
 
+def start_synced_device(cfg, admin, tmp_path):
+    """A device with its own registry file, running and caught up with the admin."""
+    registry = Registry(tmp_path / "device.db")
+    sync = RegistrySync(cfg, registry, SIG)
+    sync.start()
+    assert wait_for(lambda: in_sync(registry, admin))
+    return registry, sync
+
+
 # -- catch-up, restarts, crashes -----------------------------------------------------------------
 def test_offline_device_catches_up_on_reconnect(broker, admin_home, site, tmp_path, make_admin):
     cfg = mqtt_config(broker, site, admin_home)
     admin = make_admin(cfg)
     admin.enroll("alice", unit(2, 1), SIG)
-    registry = Registry(tmp_path / "device.db")
-    sync = RegistrySync(cfg, registry, SIG)
-    sync.start()
-    assert wait_for(lambda: in_sync(registry, admin))
+    registry, sync = start_synced_device(cfg, admin, tmp_path)
     sync.stop()
     # three changes while the device is away
     admin.enroll("bob", unit(1, 2), SIG)
@@ -214,10 +220,7 @@ def test_device_restarted_mid_sync(broker, admin_home, site, tmp_path, make_admi
     cfg = mqtt_config(broker, site, admin_home)
     admin = make_admin(cfg)
     admin.enroll("p0", unit(1, 100), SIG)
-    registry = Registry(tmp_path / "device.db")
-    sync = RegistrySync(cfg, registry, SIG)
-    sync.start()
-    assert wait_for(lambda: in_sync(registry, admin))
+    registry, sync = start_synced_device(cfg, admin, tmp_path)
 
     def burst():
         for i in range(1, 16):
