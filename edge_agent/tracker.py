@@ -26,6 +26,11 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-6)
 
 
+def box_iou(a, b) -> float:
+    """IoU of two (x0, y0, x1, y1, ...) boxes."""
+    return float(iou_matrix(np.asarray([a[:4]], np.float32), np.asarray([b[:4]], np.float32))[0, 0])
+
+
 @dataclass
 class Track:
     track_id: int

@@ -14,6 +14,7 @@ import pytest
 from edge_agent.anonymize.base import face_region
 from edge_agent.anonymize.diffusion import COND_CHANNELS, CROP, BudgetExceeded, DiffusionAnonymizer, aligned_crop
 from edge_agent.faces import Face
+from edge_agent.tracker import box_iou as iou
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = ROOT / "edge_agent/assets/face_student.onnx"
@@ -56,12 +57,6 @@ def models():
 @pytest.fixture(scope="module")
 def anon():
     return DiffusionAnonymizer(STUDENT, threads=2, budget_ms=None)
-
-
-def iou(a, b) -> float:
-    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def test_student_is_small_static_onnx():
@@ -113,6 +108,32 @@ def test_replaces_identity_keeps_a_face(models, anon):
         mask = mask.astype(bool)
         same = np.all(out[rows, cols] == img[rows, cols], axis=2)[mask]
         assert same.mean() < 0.02
+
+
+def test_misplaced_landmarks_still_hide_the_face(models, anon):
+    """Landmarks a detector got wrong put the generated face beside the real one; the blurred
+    base layer alone must still leave nothing recognisable where the face really is."""
+    det, emb, photos = models
+    for k, (img, face) in enumerate(photos):
+        shifted = Face(box=face.box, landmarks=face.landmarks + np.float32([0.9 * face.width, 0.0]), score=face.score)
+        out = img.copy()
+        anon.anonymize(out, shifted, seed=200 + k)
+        cos = float(emb.embed(img, [face])[0] @ emb.embed(out, [face])[0])
+        print(f"photo {k}: cosine original vs output with misplaced landmarks {cos:.3f}")
+        assert cos < 0.30
+
+
+def test_faces_below_min_size_get_the_classical_anonymizer(models):
+    from edge_agent.anonymize.classical import Pixelate
+
+    _, _, photos = models
+    img, face = photos[0]
+    anon = DiffusionAnonymizer(STUDENT, threads=1, budget_ms=None, min_face_px=face.width + 1)
+    out, expected = img.copy(), img.copy()
+    anon.anonymize(out, face, seed=3)
+    Pixelate().anonymize(expected, face, seed=3)
+    assert np.array_equal(out, expected)
+    assert anon.stats["small"] == 1 and anon.stats["generated"] == 0
 
 
 def test_same_seed_same_face_across_frames_different_seed_differs(models):

@@ -40,13 +40,16 @@ def _ground_truth_faces(frame, yunet, centerface):
     return faces
 
 
-def test_hamilton_clip(shared_dir, models_dir, make_config, face_models, record_property):
+@pytest.mark.parametrize("mode", ["pixelate", "diffusion"])
+def test_hamilton_clip(mode, shared_dir, models_dir, make_config, face_models, record_property):
+    """Both a classical and the generative anonymizer (the generated faces must not resemble the
+    audience member either; faces over the diffusion budget get the classical fallback)."""
     yunet, embedder = face_models
     try:
         centerface = CenterFace(resolve(models_dir, "centerface.onnx"), score_threshold=0.5)
     except ModelFileError:
         centerface = None
-    config = make_config()
+    config = make_config(anonymizer={"mode": mode})
     models = Models(config)
     examples = shared_dir / "faces/face_recognition/examples"
     refs = {}

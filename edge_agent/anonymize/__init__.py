@@ -37,6 +37,8 @@ def build_anonymizers(cfg: AnonymizerConfig) -> tuple[Anonymizer, Anonymizer]:
             budget_ms=d.budget_ms,
             backend=d.backend,
             threads=d.threads,
+            min_face_px=d.min_face_px,
+            small_faces=fallback,
         )
     except Exception as exc:  # keep filtering with the classical redaction rather than not at all
         log.error("diffusion anonymizer unavailable (%s); every face gets %s", exc, cfg.fallback)

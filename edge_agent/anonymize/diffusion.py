@@ -14,9 +14,10 @@ How one face is replaced (all numpy/OpenCV around one ONNX call):
    (template) space, so pasting it back through the *current* landmarks warps it onto the moving
    head for the cost of two ``warpAffine`` calls.
 4. Paste-back: the original's very-low-frequency luminance (lighting) and chroma (skin tone) are
-   put onto the generated detail, the whole ``face_region`` ellipse is first blurred (the part of
-   the head the generator does not cover: hair, ears) and the generated face is blended in with a
-   feathered mask. Every pixel of the region is therefore either generated or blurred, never raw.
+   put onto the generated detail, the whole ``face_region`` ellipse is first blurred (strongly in
+   its centre, lightly at its rim, :func:`head_blur`: the part of the head the generator does not
+   cover, hair and ears) and the generated face is blended in with a feathered mask. Every pixel
+   of the region is therefore either generated or blurred, never raw.
 
 Everything raises on a problem so the pipeline falls back to classical redaction (fail closed).
 """
@@ -147,6 +148,30 @@ def _feather_box(size: int = CROP) -> np.ndarray:
     return np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], np.float32)
 
 
+def _blur(patch: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of ``sigma`` pixels, computed on a copy downscaled so that sigma is ~2 px
+    there (a huge kernel at a fraction of the cost)."""
+    ph, pw = patch.shape[:2]
+    k = max(1.0, sigma / 2.0)
+    small = cv2.resize(patch, (max(1, round(pw / k)), max(1, round(ph / k))), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigmaX=sigma / k)
+    return cv2.resize(small, (pw, ph), interpolation=cv2.INTER_LINEAR)
+
+
+def head_blur(patch: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The layer under the generated face. Strong in the ellipse's centre (sigma a quarter of the
+    head: should bad landmarks misplace the generated face, the face interior is still gone) and
+    lighter toward the rim (sigma 1/32: hair, ears and background keep a soft outline instead of
+    a flat oval)."""
+    ph, pw = patch.shape[:2]
+    strong = _blur(patch, max(ph, pw) / 4.0)
+    light = _blur(patch, max(ph, pw) / 32.0)
+    depth = cv2.distanceTransform((region > 0).astype(np.uint8), cv2.DIST_L2, 3)
+    depth /= max(float(depth.max()), 1e-6)  # 0 on the rim, 1 in the centre
+    w = np.clip((depth - 0.25) / 0.25, 0.0, 1.0)[..., None]
+    return (strong * w + light * (1.0 - w)).astype(np.uint8)
+
+
 def composite(
     frame: np.ndarray, face: Face, matrix: np.ndarray, crop_bgr: np.ndarray, gen_y: np.ndarray, degree: float = 1.0
 ) -> None:
@@ -170,15 +195,11 @@ def composite(
     out_bgr = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2BGR)
 
     rows, cols, region = face_region(face, frame.shape)
-    # 1) blur the whole face ellipse (the fail-closed base layer: hair, ears, anything the
-    #    generated face does not cover) — the same redaction as the classical Blur.
+    # 1) the base layer: every pixel of the head ellipse blurred (hair, ears, anything the
+    #    generated face does not cover).
     patch = frame[rows, cols]
-    ph, pw = patch.shape[:2]
-    small = cv2.resize(patch, (max(1, pw // 8), max(1, ph // 8)), interpolation=cv2.INTER_AREA)
-    small = cv2.GaussianBlur(small, (0, 0), sigmaX=max(small.shape[:2]) / 4.0)
-    blurred = cv2.resize(small, (pw, ph), interpolation=cv2.INTER_LINEAR)
     sel = region.astype(bool)  # face_region gives a uint8 (255 inside) or bool mask
-    patch[sel] = blurred[sel]
+    patch[sel] = head_blur(patch, region)[sel]
     # 2) the generated face, feathered over it, inside the footprint of the feather mask
     inv = cv2.invertAffineTransform(matrix)
     corners = _feather_box(size) @ inv.T
@@ -233,6 +254,11 @@ class DiffusionAnonymizer(Anonymizer):
         that needs a generation after the budget is spent raises :class:`BudgetExceeded` (the
         pipeline falls back to classical redaction for that face in that frame) unless a cached
         face exists, which is then re-used. ``None`` = no budget.
+    min_face_px: faces narrower than this go to ``small_faces`` instead (default: pixelate).
+        Below the generator's resolution the lighting, skin tone and outline that generation keeps
+        are most of what a recogniser sees: measured on the demo clip, a 23 px face regenerated
+        with 8 seeds still matched its original at cosine 0.18-0.37, pixelated at 0.14.
+    small_faces: the anonymizer for those faces.
     backend, threads, cache_dir: passed to ``open_session``.
     max_tracks: cache size bound (least recently used dropped).
     """
@@ -250,7 +276,11 @@ class DiffusionAnonymizer(Anonymizer):
         threads: int = 1,
         cache_dir: Path | None = None,
         max_tracks: int = 64,
+        min_face_px: float = 40.0,
+        small_faces: Anonymizer | None = None,
     ) -> None:
+        from edge_agent.anonymize.classical import Pixelate
+
         from edge_agent.models.runtime import open_session
 
         path = Path(model_path)
@@ -276,10 +306,12 @@ class DiffusionAnonymizer(Anonymizer):
         self.regenerate_on_motion = float(regenerate_on_motion)
         self.budget_ms = budget_ms
         self.max_tracks = int(max_tracks)
+        self.min_face_px = float(min_face_px)
+        self.small_faces = small_faces or Pixelate()
         self._tracks: dict[int, _Track] = {}
         self._frame_no = 0
         self._frame_start: float | None = None
-        self.stats = {"generated": 0, "reused": 0, "over_budget": 0}
+        self.stats = {"generated": 0, "reused": 0, "over_budget": 0, "small": 0}
 
     # -- frame bookkeeping -------------------------------------------------------------------
     def begin_frame(self) -> None:
@@ -316,6 +348,10 @@ class DiffusionAnonymizer(Anonymizer):
     def anonymize(self, frame: np.ndarray, face: Face, seed: int = 0) -> None:
         if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError("anonymizer expects a BGR uint8 frame")
+        if face.width < self.min_face_px:
+            self.stats["small"] += 1
+            self.small_faces.anonymize(frame, face, seed)
+            return
         crop, matrix, crop_lm = aligned_crop(frame, face)
         seed = int(seed)
         track = self._tracks.get(seed)

@@ -56,6 +56,15 @@ def main(argv=None) -> None:
     a.add_argument("--gallery", type=int, default=1200, help="held-out identities in the gallery")
     a.add_argument("--teacher-faces", type=int, default=200)
 
+    a = sub.add_parser("eval-independent", help="re-ID / validity with an independent recogniser and detector (dlib)")
+    a.add_argument("--shared", type=Path, required=True)
+    a.add_argument("--data", type=Path, default=Path("data/anonymizer"))
+    a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
+    a.add_argument("--out", type=Path, default=Path("reports/anonymizer"))
+    a.add_argument("--gallery", type=int, default=1000, help="held-out identities in the gallery")
+    a.add_argument("--probes", type=int, default=300, help="anonymized probes per configuration (dlib is ~0.5 s a face here)")
+    a.add_argument("--cache", type=Path, default=Path("build/anonymizer/dlib_gallery.npz"))
+
     a = sub.add_parser("bench", help="student per-face latency vs the teacher at full steps")
     a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
     a.add_argument("--teacher", type=Path, default=Path("build/anonymizer/teacher.pt"))
@@ -80,9 +89,7 @@ def main(argv=None) -> None:
 
         distill(args.data, args.teacher, args.ckpt, args.samples, args.teacher_steps, args.steps, args.batch, args.lr, args.minutes, args.stop_at)
     elif args.cmd == "export":
-        from model_export.anonymizer.export import export
-
-        from model_export.anonymizer.export import save_slim
+        from model_export.anonymizer.export import export, save_slim
 
         export(args.ckpt, args.out, args.steps)
         if args.teacher is not None:
@@ -92,6 +99,10 @@ def main(argv=None) -> None:
         from model_export.anonymizer.evaluate import evaluate
 
         evaluate(args)
+    elif args.cmd == "eval-independent":
+        from model_export.anonymizer.independent import evaluate_independent
+
+        evaluate_independent(args)
     elif args.cmd == "bench":
         from model_export.anonymizer.bench import bench
 

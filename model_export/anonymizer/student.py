@@ -80,7 +80,7 @@ def distill(data_dir: Path, teacher_ckpt: Path, ckpt: Path, n_samples: int, teac
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     data = CropData(data_dir, seed=7)
     teacher, tck = load_teacher(teacher_ckpt)
-    targets = make_targets(data, teacher, n_samples, teacher_steps, ckpt.parent / f"teacher_samples_{teacher_steps}.npz")
+    targets = make_targets(data, teacher, n_samples, teacher_steps, ckpt.parent / f"teacher_samples_{teacher_steps}_step{tck['step']}.npz")
     model = build_unet()
     model.load_state_dict(teacher.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
