@@ -98,6 +98,7 @@ class DiffusionConfig(Strict):
     regenerate_on_motion: float = Field(4.0, gt=0, description="...or when its landmarks moved this many crop pixels")
     budget_ms: float = Field(25, gt=0, description="per-frame time for new generations; past it faces fall back")
     min_face_px: float = Field(40, ge=0, description="narrower faces get the classical fallback (too small to regenerate safely)")
+    max_similarity: float = Field(0.35, gt=-1, le=1, description="a generated face this similar to the person (project recogniser) is replaced by the fallback")
 
 
 class AnonymizerConfig(Strict):

@@ -58,7 +58,7 @@ class Models:
                 log.warning("registry holds embeddings of other models %s: those people cannot be recognised", other)
 
     def pipeline(self, stats: CameraStats, min_votes: Optional[int] = None) -> FailClosed:
-        anonymizer, fallback = build_anonymizers(self.config.anonymizer)
+        anonymizer, fallback = build_anonymizers(self.config.anonymizer, self.embedder)
         frame_pipeline = FramePipeline(self.config, self.detector, self.embedder, self.gallery, anonymizer, fallback, stats, min_votes)
         cfg = self.config.pipeline
         return FailClosed(frame_pipeline, cfg.frame_timeout_ms / 1000.0, self.config.anonymizer.frame_fallback, cfg.jpeg_quality, stats)

@@ -136,6 +136,28 @@ def test_faces_below_min_size_get_the_classical_anonymizer(models):
     assert anon.stats["small"] == 1 and anon.stats["generated"] == 0
 
 
+def test_a_generated_face_too_like_the_person_is_replaced_by_the_classical_one(models):
+    from edge_agent.anonymize.classical import Pixelate
+
+    _, emb, photos = models
+    img, face = photos[0]
+    # a bar no face can pass: every generation is judged too similar -> pixelate, also on re-use
+    strict = DiffusionAnonymizer(STUDENT, threads=1, budget_ms=None, embedder=emb, max_similarity=-1.0)
+    expected = img.copy()
+    Pixelate().anonymize(expected, face, seed=5)
+    for _ in range(2):
+        out = img.copy()
+        strict.begin_frame()
+        strict.anonymize(out, face, seed=5)
+        assert np.array_equal(out, expected)
+    assert strict.stats["too_similar"] == 1 and strict.stats["generated"] == 1 and strict.stats["reused"] == 1
+    # the default bar: these photos' generated faces pass it and are used
+    normal = DiffusionAnonymizer(STUDENT, threads=1, budget_ms=None, embedder=emb)
+    out = img.copy()
+    normal.anonymize(out, face, seed=5)
+    assert normal.stats["too_similar"] == 0 and not np.array_equal(out, expected)
+
+
 def test_same_seed_same_face_across_frames_different_seed_differs(models):
     _, _, photos = models
     img, face = photos[0]

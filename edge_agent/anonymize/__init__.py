@@ -20,8 +20,9 @@ def classical(mode: str, cfg: AnonymizerConfig) -> Anonymizer:
     return Pixelate(cfg.pixelate_blocks) if mode == "pixelate" else CLASSICAL[mode]()
 
 
-def build_anonymizers(cfg: AnonymizerConfig) -> tuple[Anonymizer, Anonymizer]:
-    """(the configured anonymizer, the classical fallback used when it fails or runs late)."""
+def build_anonymizers(cfg: AnonymizerConfig, embedder=None) -> tuple[Anonymizer, Anonymizer]:
+    """(the configured anonymizer, the classical fallback used when it fails or runs late).
+    ``embedder`` (the agent's recogniser) lets the diffusion anonymizer check each generated face."""
     fallback = classical(cfg.fallback, cfg)
     if cfg.mode != "diffusion":
         return classical(cfg.mode, cfg), fallback
@@ -39,6 +40,8 @@ def build_anonymizers(cfg: AnonymizerConfig) -> tuple[Anonymizer, Anonymizer]:
             threads=d.threads,
             min_face_px=d.min_face_px,
             small_faces=fallback,
+            embedder=embedder,
+            max_similarity=d.max_similarity,
         )
     except Exception as exc:  # keep filtering with the classical redaction rather than not at all
         log.error("diffusion anonymizer unavailable (%s); every face gets %s", exc, cfg.fallback)

@@ -38,9 +38,9 @@ class _Fixed(DiffusionAnonymizer):
     def __init__(self, fn, pattern, degree: float = 1.0) -> None:  # noqa: D107 - no session
         self.fn, self.pattern, self.degree, self.steps = fn, pattern, degree, 0
         self.regenerate_every, self.regenerate_on_motion, self.budget_ms, self.max_tracks = 0, 0.0, None, 64
-        self.min_face_px, self.small_faces = 0.0, None
+        self.min_face_px, self.small_faces, self.embedder = 0.0, None, None
         self._tracks, self._frame_no, self._frame_start = {}, 0, None
-        self.stats = {"generated": 0, "reused": 0, "over_budget": 0, "small": 0}
+        self.stats = {"generated": 0, "reused": 0, "over_budget": 0, "small": 0, "too_similar": 0}
 
     def generate(self, noise, cond):
         return self.fn(noise, cond)
