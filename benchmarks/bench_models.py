@@ -27,6 +27,7 @@ from edge_agent.models.files import resolve  # noqa: E402
 from edge_agent.models.yunet import YuNet  # noqa: E402
 from model_export.calibration import detector_canvas  # noqa: E402
 from model_export.quantize import int8_name  # noqa: E402
+from model_export.verify import filter_once  # noqa: E402
 
 
 def pipeline_interleaved(video: Path, combos: dict, max_frames: int = 0) -> dict:
@@ -52,12 +53,7 @@ def pipeline_interleaved(video: Path, combos: dict, max_frames: int = 0) -> dict
         for label, (detector, embedder) in combos.items():
             work = frame.copy()
             start = time.perf_counter()
-            found = detector.detect(work)
-            if found:
-                embedder.embed(work, found)
-                for face in found:
-                    anonymizer.anonymize(work, face, 0)
-            cv2.imencode(".jpg", work, [cv2.IMWRITE_JPEG_QUALITY, 85])
+            found = filter_once(work, detector, embedder, anonymizer)
             busy[label] += time.perf_counter() - start
             faces[label] += len(found)
     n = max(len(frames), 1)

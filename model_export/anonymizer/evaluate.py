@@ -33,14 +33,12 @@ from model_export.anonymizer.data import arcface_path, central_face, yunet_path
 
 
 class _Fixed(DiffusionAnonymizer):
-    """A DiffusionAnonymizer whose generator is a python callable (teacher / precomputed)."""
+    """The student's anonymizer (same conditions, paste-back and settings as the eval rows) whose
+    generator is a python callable: teacher samples computed beforehand."""
 
-    def __init__(self, fn, pattern, degree: float = 1.0) -> None:  # noqa: D107 - no session
-        self.fn, self.pattern, self.degree, self.steps = fn, pattern, degree, 0
-        self.regenerate_every, self.regenerate_on_motion, self.budget_ms, self.max_tracks = 0, 0.0, None, 64
-        self.min_face_px, self.small_faces, self.embedder = 0.0, None, None
-        self._tracks, self._frame_no, self._frame_start = {}, 0, None
-        self.stats = {"generated": 0, "reused": 0, "over_budget": 0, "small": 0, "too_similar": 0}
+    def __init__(self, fn, student: Path) -> None:
+        super().__init__(student, regenerate_every=0, budget_ms=None, min_face_px=0)
+        self.fn = fn
 
     def generate(self, noise, cond):
         return self.fn(noise, cond)
@@ -218,11 +216,11 @@ def evaluate(args) -> dict:
                 outs.append(sample_teacher(teacher, noises_t[s : s + 50], conds_t[s : s + 50], steps).numpy())
             outs = list(np.concatenate(outs)[:, 0])
             queue = iter(outs)
-            kept = record(f"teacher {steps}-step d=1.0", "teacher", steps, 1.0, small_idx, _Fixed(lambda n_, c_: next(queue), pattern))
+            kept = record(f"teacher {steps}-step d=1.0", "teacher", steps, 1.0, small_idx, _Fixed(lambda n_, c_: next(queue), args.student))
             if steps == 20:
                 grid["teacher 20-step d=1"] = [images[i].copy() for i in small_idx[:8]]
                 queue2 = iter(outs)
-                fx = _Fixed(lambda n_, c_: next(queue2), pattern)
+                fx = _Fixed(lambda n_, c_: next(queue2), args.student)
                 for k, i in enumerate(small_idx[:8]):
                     fx.anonymize(grid["teacher 20-step d=1"][k], faces[i], seeds[i])
     # student on the same subset, for the teacher-vs-student table
