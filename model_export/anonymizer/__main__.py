@@ -65,6 +65,13 @@ def main(argv=None) -> None:
     a.add_argument("--probes", type=int, default=300, help="anonymized probes per configuration (dlib is ~0.5 s a face here)")
     a.add_argument("--cache", type=Path, default=Path("build/anonymizer/dlib_gallery.npz"))
 
+    a = sub.add_parser("clip-check", help="regenerated demo-clip faces vs their originals by face width; agent counters")
+    a.add_argument("--shared", type=Path, required=True)
+    a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
+    a.add_argument("--seeds", type=int, default=4)
+    a.add_argument("--every", type=int, default=5, help="every Nth frame")
+    a.add_argument("--config", type=Path, default=None, help="also run the agent with this config (e.g. device_configs/x86-cpu.yaml)")
+
     a = sub.add_parser("bench", help="student per-face latency vs the teacher at full steps")
     a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
     a.add_argument("--teacher", type=Path, default=Path("build/anonymizer/teacher.pt"))
@@ -99,6 +106,10 @@ def main(argv=None) -> None:
         from model_export.anonymizer.evaluate import evaluate
 
         evaluate(args)
+    elif args.cmd == "clip-check":
+        from model_export.anonymizer.clip_check import clip_check
+
+        clip_check(args)
     elif args.cmd == "eval-independent":
         from model_export.anonymizer.independent import evaluate_independent
 
