@@ -42,7 +42,10 @@ def create_app(agent: Agent, token: str) -> FastAPI:
     def health() -> JSONResponse:
         cameras = {name: w.health() for name, w in agent.cameras.items()}
         ok = agent.healthy()
-        body = {"status": "ok" if ok else "degraded", "version": __version__, "recognition": agent.models.embedder is not None, "cameras": cameras}
+        consent = agent.consent()
+        ok = ok and not (consent["registered_hidden"] and agent.models.embedder is not None)
+        body = {"status": "ok" if ok else "degraded", "version": __version__, "recognition": agent.models.embedder is not None,
+                "cameras": cameras, "consent": consent}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/api/cameras", dependencies=[Depends(authorized)])

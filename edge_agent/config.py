@@ -150,6 +150,14 @@ class MqttConfig(Strict):
     max_snapshot_bytes: int = Field(64 << 20, ge=1024, description="larger snapshot messages are rejected unread")
     max_embeddings_per_person: int = Field(32, ge=1, le=1024)
     max_people: int = Field(100_000, ge=1)
+    max_registry_age: Optional[float] = Field(
+        86400.0, gt=0, description="seconds without a signed word from the admin (event, heartbeat, snapshot) after "
+        "which every registered person is hidden (fail closed); null turns it off")
+    max_snapshot_age: Optional[float] = Field(
+        7 * 86400.0, gt=0, description="a snapshot signed longer ago than this many seconds is refused; null turns it off")
+    clock_skew_s: float = Field(
+        300.0, ge=0, description="a clock this far behind the newest admin message is a reset clock: periods count as expired")
+    audit_publish_s: float = Field(1.0, gt=0, le=3600, description="publish closed audit intervals this often")
 
     @field_validator("topic_prefix")
     @classmethod
@@ -183,6 +191,15 @@ class MqttConfig(Strict):
         return "/".join([self.topic_prefix, self.site, *parts])
 
 
+class AuditConfig(Strict):
+    """The device's record of who was shown where and when (intervals, never images)."""
+
+    enabled: bool = True
+    retention_days: float = Field(30.0, gt=0, description="intervals that ended longer ago are deleted from data_dir/audit.db")
+    gap_s: float = Field(2.0, gt=0, description="a person not shown for this long on a camera ends their interval")
+    flush_s: float = Field(1.0, gt=0, le=60, description="write intervals to disk this often (what a crash can lose)")
+
+
 class Config(Strict):
     data_dir: Path = Path("data")
     models: ModelsConfig = ModelsConfig()
@@ -193,6 +210,7 @@ class Config(Strict):
     pipeline: PipelineConfig = PipelineConfig()
     api: ApiConfig = ApiConfig()
     mqtt: Optional[MqttConfig] = Field(None, description="registry sync from the site admin; off when absent")
+    audit: AuditConfig = AuditConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("cameras")
@@ -206,6 +224,10 @@ class Config(Strict):
     @property
     def registry_path(self) -> Path:
         return self.data_dir / "registry.db"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.db"
 
 
 def _describe(error: ValidationError, source: str) -> str:

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from edge_agent.anonymize.base import Anonymizer
+from edge_agent.audit import AuditSink, NoAudit
 from edge_agent.anonymize.classical import redact_frame
 from edge_agent.config import Config
 from edge_agent.decide import UNKNOWN, VotePolicy
@@ -43,7 +44,9 @@ class FramePipeline:
         fallback: Anonymizer,
         stats: CameraStats,
         min_votes: Optional[int] = None,
+        audit: Optional[AuditSink] = None,
     ) -> None:
+        self.audit = audit or NoAudit()
         self.detector = detector
         self.embedder = embedder if config.recognition.enabled else None
         self.gallery = gallery
@@ -76,6 +79,10 @@ class FramePipeline:
         for track in seen:
             (hide if self.policy.shown_as(track) is None else shown).append(track)
         stats.add("faces_shown", len(shown))
+        now = time.time()  # the audit trail: who is let through, where, when; never a pixel
+        for track in shown:  # score: the share of the track's recent recognitions that agree
+            person = self.policy.shown_as(track)
+            self.audit.shown(person, stats.name, track.votes.count(person) / len(track.votes), now)
         # A face the detector lost for a moment stays hidden where it was last seen.
         hide.extend(t for t in coasting if self.policy.shown_as(t) is None)
         with stats.timed("anonymize"):

@@ -31,6 +31,8 @@ class Person:
     name: str
     embeddings: np.ndarray  # [k, dim] float32, unit rows
     model_sig: str
+    valid_from: Optional[float] = None  # UTC seconds; consent starts here (None: always started)
+    valid_until: Optional[float] = None  # UTC seconds; consent ends here, exclusive (None: no end)
 
 
 @dataclass
@@ -49,6 +51,17 @@ class Gallery:
 
     def __len__(self) -> int:
         return len(self.person_ids)
+
+    def only(self, keep: set) -> "Gallery":
+        """The same gallery restricted to the person ids in ``keep`` (consent in force now)."""
+        if all(pid in keep for pid in self.person_ids):
+            return self
+        kept = [i for i, pid in enumerate(self.person_ids) if pid in keep]
+        remap = np.full(len(self.person_ids), -1, np.int64)
+        remap[kept] = np.arange(len(kept))
+        rows = np.isin(self.owner, kept)
+        return Gallery([self.person_ids[i] for i in kept], [self.names[i] for i in kept],
+                       self.matrix[rows], remap[self.owner[rows]], self.version)
 
     def match(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Best person index (-1 when the gallery is empty) and its cosine, per query row."""
@@ -71,6 +84,8 @@ def hash_people(people: list[Person]) -> str:
     for person in sorted(people, key=lambda p: p.person_id):
         digest.update(f"{person.person_id}\x00{person.name}\x00{person.model_sig}\x00".encode())
         digest.update(_blob(person.embeddings))
+        if person.valid_from is not None or person.valid_until is not None:  # unchanged hash without a period
+            digest.update(f"\x01{person.valid_from!r}\x00{person.valid_until!r}\x00".encode())
     return digest.hexdigest()
 
 
@@ -105,6 +120,10 @@ class Registry:
                 self.db.execute("CREATE INDEX IF NOT EXISTS embeddings_person ON embeddings(person_id)")
             if "meta" not in self.db.table_names():
                 self.db["meta"].create({"key": str, "value": str}, pk="key")
+            columns = self.db["people"].columns_dict
+            for column in ("valid_from", "valid_until"):  # in-place migration of older files
+                if column not in columns:
+                    self.db.execute(f"ALTER TABLE people ADD COLUMN {column} REAL")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -202,7 +221,8 @@ class Registry:
             self.db.execute("DELETE FROM embeddings")
             self.db.execute("DELETE FROM people")
             self.db["people"].insert_all(
-                ({"person_id": p.person_id, "name": p.name.strip(), "created_at": now, "updated_at": now} for p in people),
+                ({"person_id": p.person_id, "name": p.name.strip(), "created_at": now, "updated_at": now,
+                  "valid_from": p.valid_from, "valid_until": p.valid_until} for p in people),
                 batch_size=500,
             )
             self.db["embeddings"].insert_all(
@@ -215,8 +235,22 @@ class Registry:
             )
             self.set_version(version)
 
+    def set_validity(self, person_id: str, valid_from: Optional[float], valid_until: Optional[float]) -> bool:
+        """Set (or clear, with None) a person's consent period; False when there is no such person."""
+        with self.transaction():
+            cur = self.db.execute("UPDATE people SET valid_from = ?, valid_until = ?, updated_at = ? WHERE person_id = ?",
+                                  [valid_from, valid_until, time.time(), person_id])
+            return cur.rowcount > 0
+
+    def validity(self) -> dict[str, tuple[Optional[float], Optional[float]]]:
+        """Consent periods of the people who have one: {person_id: (valid_from, valid_until)}."""
+        with self._lock:
+            rows = self.db.execute("SELECT person_id, valid_from, valid_until FROM people "
+                                   "WHERE valid_from IS NOT NULL OR valid_until IS NOT NULL").fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
     def _person(self, row) -> Person:
-        person_id, name = row
+        person_id, name, valid_from, valid_until = row
         rows = self.db.execute(
             "SELECT model_sig, dim, vector FROM embeddings WHERE person_id = ? ORDER BY id", [person_id]
         ).fetchall()
@@ -226,21 +260,21 @@ class Registry:
             if rows
             else np.zeros((0, 0), np.float32)
         )
-        return Person(person_id, name, vectors, sig)
+        return Person(person_id, name, vectors, sig, valid_from, valid_until)
 
     def find(self, name: str) -> Optional[Person]:
         with self._lock:
-            row = self.db.execute("SELECT person_id, name FROM people WHERE name = ?", [name.strip()]).fetchone()
+            row = self.db.execute("SELECT person_id, name, valid_from, valid_until FROM people WHERE name = ?", [name.strip()]).fetchone()
             return self._person(row) if row else None
 
     def get(self, person_id: str) -> Optional[Person]:
         with self._lock:
-            row = self.db.execute("SELECT person_id, name FROM people WHERE person_id = ?", [person_id]).fetchone()
+            row = self.db.execute("SELECT person_id, name, valid_from, valid_until FROM people WHERE person_id = ?", [person_id]).fetchone()
             return self._person(row) if row else None
 
     def people(self) -> list[Person]:
         with self._lock:
-            rows = self.db.execute("SELECT person_id, name FROM people ORDER BY name").fetchall()
+            rows = self.db.execute("SELECT person_id, name, valid_from, valid_until FROM people ORDER BY name").fetchall()
             return [self._person(r) for r in rows]
 
     def count(self) -> int:

@@ -9,6 +9,8 @@ import time
 from typing import Optional
 
 from edge_agent.anonymize import build_anonymizers
+from edge_agent.audit import AuditLog
+from edge_agent.consent import ConsentGate
 from edge_agent.capture import LatestFrameSource, describe
 from edge_agent.config import Config
 from edge_agent.gallery import GalleryProvider
@@ -49,9 +51,13 @@ class Models:
         self.detector = load_detector(config)
         self.embedder, self.model_sig = load_embedder(config) if config.recognition.enabled else (None, None)
         self.registry = registry or Registry(config.registry_path)
+        mqtt = config.mqtt if config.mqtt is not None and config.mqtt.enabled else None
+        self.gate = ConsentGate(mqtt.max_registry_age, mqtt.clock_skew_s) if mqtt else ConsentGate()
+        a = config.audit
+        self.audit = AuditLog(config.audit_path, a.retention_days, a.gap_s, a.flush_s) if a.enabled else None
         # The pipeline reads through its own connection: a long sync transaction on another
         # connection never blocks a camera thread (WAL readers see the last commit).
-        self.gallery = GalleryProvider(Registry(config.registry_path), self.model_sig) if self.embedder else None
+        self.gallery = GalleryProvider(Registry(config.registry_path), self.model_sig, gate=self.gate) if self.embedder else None
         if self.embedder and self.gallery:
             other = {sig: n for sig, n in self.registry.model_signatures().items() if sig != self.model_sig}
             if other:
@@ -59,7 +65,8 @@ class Models:
 
     def pipeline(self, stats: CameraStats, min_votes: Optional[int] = None) -> FailClosed:
         anonymizer, fallback = build_anonymizers(self.config.anonymizer, self.embedder)
-        frame_pipeline = FramePipeline(self.config, self.detector, self.embedder, self.gallery, anonymizer, fallback, stats, min_votes)
+        frame_pipeline = FramePipeline(self.config, self.detector, self.embedder, self.gallery, anonymizer, fallback, stats, min_votes,
+                                       audit=self.audit)
         cfg = self.config.pipeline
         return FailClosed(frame_pipeline, cfg.frame_timeout_ms / 1000.0, self.config.anonymizer.frame_fallback, cfg.jpeg_quality, stats)
 
@@ -135,7 +142,8 @@ class Agent:
             else:
                 from edge_agent.sync import RegistrySync
 
-                self.sync = RegistrySync(mqtt, Registry(config.registry_path), self.models.model_sig, on_applied=self.models.gallery.refresh)
+                self.sync = RegistrySync(mqtt, Registry(config.registry_path), self.models.model_sig,
+                                         on_applied=self.models.gallery.refresh, gate=self.models.gate, audit=self.models.audit)
 
     @property
     def registry(self) -> Registry:
@@ -144,6 +152,8 @@ class Agent:
     def start(self) -> None:
         if self.models.embedder is None:
             log.error("recognition is OFF: every face will be anonymized")
+        if self.models.audit is not None:
+            self.models.audit.start()
         for worker in self.cameras.values():
             log.info("camera %s: %s", worker.name, worker.source_text)
             worker.start()
@@ -155,6 +165,8 @@ class Agent:
             self.sync.stop()
         for worker in self.cameras.values():
             worker.stop()
+        if self.models.audit is not None:
+            self.models.audit.stop()  # closes open intervals: they ended with the process
 
     def running(self) -> bool:
         """Every camera's worker loop has turned at least once (systemd READY)."""
@@ -187,7 +199,16 @@ class Agent:
             "cameras": {name: w.stats.snapshot() for name, w in self.cameras.items()},
             "registry": self.registry_info(),
             "sync": self.sync_counters(),
+            "consent": self.consent(),
         }
+
+    def consent(self) -> dict:
+        """Why registered people are hidden, if they are (stale registry, reset clock, catching up)."""
+        gallery = self.models.gallery
+        if gallery is None:
+            return {"registered_hidden": True, "reason": "recognition is off"}
+        gallery.current()
+        return gallery.status.as_dict()
 
     def registry_info(self) -> dict:
         return {

@@ -1,8 +1,12 @@
 """``edge-admin``: the site's consent registry, signed and published to every camera.
 
-    edge-admin keygen
-    edge-admin enroll --name "Ada Lovelace" photo1.jpg photo2.jpg
+    edge-admin keygen [--passphrase-file F]
+    edge-admin enroll --name "Ada Lovelace" [--valid-from 2026-01-01] [--valid-until 2027-06-30] photo1.jpg photo2.jpg
+    edge-admin validity "Ada Lovelace" --valid-until 2027-12-31
     edge-admin remove "Ada Lovelace"
+    edge-admin purge --person "Ada Lovelace"
+    edge-admin audit [--person N] [--camera C] [--since T] [--format table|csv|json]
+    edge-admin serve
     edge-admin publish-snapshot
     edge-admin devices
 
@@ -14,8 +18,14 @@ embeddings are stored and sent.
 from __future__ import annotations
 
 import argparse
+import csv
+import datetime
+import io
+import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -24,8 +34,34 @@ import numpy as np
 import yaml
 from pydantic import ValidationError
 
-from edge_agent.sync.admin import PUBLIC_KEY, Admin, AdminError, keygen
+from edge_agent.sync.admin import PRIVATE_KEY, PUBLIC_KEY, Admin, AdminError, keygen
 from edge_agent.config import MqttConfig
+
+
+def utc_time(text: str, end_of_day: bool = False) -> Optional[float]:
+    """ISO date or date-time (UTC unless an offset is given) -> UTC seconds; ``none`` -> None.
+    A bare date means the start of that day, or with ``end_of_day`` the end of it (a consent
+    "until 2027-06-30" includes June 30)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        if len(text.strip()) == 10:
+            day = datetime.date.fromisoformat(text.strip())
+            start = datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.timezone.utc)
+            return (start + datetime.timedelta(days=1 if end_of_day else 0)).timestamp()
+        moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (2027-06-30), a UTC time (2027-06-30T18:00Z) or 'none'") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+KEEP = object()  # an end of the period the operator did not mention stays as it is
+
+
+def _until(text: str) -> Optional[float]:
+    return utc_time(text, end_of_day=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--home", type=Path, default=Path(os.environ.get("EDGE_ADMIN_HOME", "edge-admin")),
                    help="admin data folder: registry.db and the key pair (env EDGE_ADMIN_HOME; default ./edge-admin)")
     p.add_argument("--config", type=Path, help="YAML file with an mqtt: block (host, port, site, TLS ...)")
-    p.add_argument("--key", type=Path, help="private key file (default HOME/admin_ed25519.key)")
+    p.add_argument("--key", type=Path, help="private key file (default $CREDENTIALS_DIRECTORY/admin_ed25519.key when "
+                   "the service manager provides it, else HOME/admin_ed25519.key)")
+    p.add_argument("--passphrase-file", type=Path, help="file holding the private key's passphrase (default "
+                   "$CREDENTIALS_DIRECTORY/admin-key-passphrase; or env EDGE_ADMIN_KEY_PASSPHRASE)")
     for opt, help_ in [("--host", "broker host"), ("--site", "site name"), ("--topic-prefix", "topic prefix"),
                        ("--user", "broker user"), ("--password", "broker password (or env EDGE_ADMIN_MQTT_PASSWORD)"),
                        ("--tls-ca-certs", "CA file"), ("--tls-client-cert", "client certificate"),
@@ -46,9 +85,27 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("enroll", help="add or replace a person from one or more photos (one face each)")
     e.add_argument("--name", required=True)
     e.add_argument("--models", type=Path, help="model folder (default env EDGE_AGENT_MODELS)")
+    e.add_argument("--valid-from", type=utc_time, help="consent starts (UTC date or time; default: now)")
+    e.add_argument("--valid-until", type=_until, help="consent ends (a date includes that whole day, UTC; default: no end)")
     e.add_argument("photos", nargs="+", type=Path)
-    r = sub.add_parser("remove", help="remove a person by name or id")
+    v = sub.add_parser("validity", help="change a person's consent period (a signed event; 'none' clears an end)")
+    v.add_argument("name")
+    v.add_argument("--valid-from", type=utc_time, default=KEEP, help="new start (default: unchanged)")
+    v.add_argument("--valid-until", type=_until, default=KEEP, help="new end (default: unchanged)")
+    r = sub.add_parser("remove", help="withdraw a person's consent (by name or id); audit rows stay")
     r.add_argument("name")
+    pu = sub.add_parser("purge", help="delete a person's audit rows here and on every device (signed)")
+    pu.add_argument("--person", required=True, help="name (also after a withdrawal) or person id")
+    a = sub.add_parser("audit", help="where and when people were shown (intervals from every device)")
+    a.add_argument("--person", help="name (also after a withdrawal) or person id")
+    a.add_argument("--camera")
+    a.add_argument("--device")
+    a.add_argument("--since", type=utc_time, help="intervals that ended at or after this UTC date/time")
+    a.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sv = sub.add_parser("serve", help="run the admin service: heartbeats, scheduled and requested snapshots, audit intake")
+    sv.add_argument("--heartbeat-s", type=float, default=60.0, help="signed heartbeat period (devices' max_registry_age counts from it)")
+    sv.add_argument("--snapshot-s", type=float, default=3600.0, help="republish the full snapshot this often")
+    sv.add_argument("--audit-retention-days", type=float, default=365.0, help="delete audit intervals older than this")
     sub.add_parser("publish-snapshot", help="(re)publish the signed retained snapshot")
     d = sub.add_parser("devices", help="list devices from their retained state")
     d.add_argument("--wait", type=float, default=1.0, help="seconds to collect states")
@@ -95,24 +152,78 @@ def embed_photos(models: Path, photos: list[Path]) -> tuple[np.ndarray, str]:
     return np.stack(rows).astype(np.float32), model_signature(embedder_path)
 
 
+def _passphrase(args) -> Optional[bytes]:
+    """From --passphrase-file, the service manager's credential, or EDGE_ADMIN_KEY_PASSPHRASE."""
+    path = args.passphrase_file
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if path is None and creds and (Path(creds) / "admin-key-passphrase").is_file():
+        path = Path(creds) / "admin-key-passphrase"
+    if path is not None:
+        try:
+            text = path.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise AdminError(f"cannot read the passphrase file {path} ({exc.strerror or exc})") from None
+        if not text:
+            raise AdminError(f"the passphrase file {path} is empty")
+        return text
+    value = os.environ.get("EDGE_ADMIN_KEY_PASSPHRASE")
+    return value.encode() if value else None
+
+
+def _key_path(args) -> Optional[Path]:
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if args.key is None and creds and (Path(creds) / PRIVATE_KEY).is_file():
+        return Path(creds) / PRIVATE_KEY
+    return args.key
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "keygen":
-            private, public = keygen(args.home, args.force)
-            print(f"private key: {private} (mode 0600, keep it on the admin only)\npublic key:  {public} "
-                  "(copy to every device; mqtt.admin_public_key)")
+            passphrase = _passphrase(args)
+            private, public = keygen(args.home, args.force, passphrase)
+            print(f"private key: {private} (mode 0600, {'passphrase-protected' if passphrase else 'NO passphrase'}; "
+                  f"keep it on the admin only)\npublic key:  {public} (copy to every device; mqtt.admin_public_key)")
             return 0
         config = _config(args)
-        admin = Admin(args.home, config, args.key)
+        admin = Admin(args.home, config, _key_path(args), _passphrase(args))
         try:
             if args.command == "enroll":
                 models = args.models or (Path(os.environ["EDGE_AGENT_MODELS"]) if os.environ.get("EDGE_AGENT_MODELS") else None)
                 if models is None:
                     raise AdminError("give the model folder with --models or EDGE_AGENT_MODELS")
+                admin.key()  # a missing key or wrong passphrase before minutes of embedding
                 embeddings, model_sig = embed_photos(models, args.photos)
-                body = admin.enroll(args.name, embeddings, model_sig)
-                print(f"enrolled {args.name!r} ({len(embeddings)} embedding(s), model {model_sig}): registry version {body['version']}")
+                body = admin.enroll(args.name, embeddings, model_sig, valid_from=args.valid_from, valid_until=args.valid_until)
+                print(f"enrolled {args.name!r} ({len(embeddings)} embedding(s), model {model_sig}{_period(args)}): "
+                      f"registry version {body['version']}")
+            elif args.command == "validity":
+                person = admin.registry.find(args.name) or admin.registry.get(args.name)
+                if person is None:
+                    raise AdminError(f"no person named {args.name!r} in the admin registry")
+                if args.valid_from is KEEP:
+                    args.valid_from = person.valid_from
+                if args.valid_until is KEEP:
+                    args.valid_until = person.valid_until
+                body = admin.set_validity(args.name, args.valid_from, args.valid_until)
+                print(f"consent period of {args.name!r}{_period(args) or ': no period'}: registry version {body['version']}")
+            elif args.command == "purge":
+                body, removed = admin.purge(args.person)
+                print(f"purged the audit rows of {args.person!r} ({removed} here; devices follow): registry version {body['version']}")
+            elif args.command == "audit":
+                ids = admin.person_ids(args.person) if args.person else None
+                rows = admin.audit.query(ids, args.camera, args.since, args.device)
+                sys.stdout.write(format_audit(rows, args.format))
+            elif args.command == "serve":
+                stop = threading.Event()
+                signal.signal(signal.SIGTERM, lambda *_: stop.set())
+                signal.signal(signal.SIGINT, lambda *_: stop.set())
+                import logging
+
+                logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+                print(f"edge-admin serve: site {config.site} on {config.host}:{config.port}", flush=True)
+                admin.serve(stop, args.heartbeat_s, args.snapshot_s, args.audit_retention_days)
             elif args.command == "remove":
                 body = admin.remove(args.name)
                 print(f"removed {args.name!r}: registry version {body['version']}")
@@ -127,6 +238,40 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"edge-admin: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _iso(t: Optional[float]) -> str:
+    return "" if t is None else datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _period(args) -> str:
+    parts = [f"from {_iso(args.valid_from)}" if args.valid_from is not None else "",
+             f"until {_iso(args.valid_until)}" if args.valid_until is not None else ""]
+    text = " ".join(p for p in parts if p)
+    return f", consent {text}" if text else ""
+
+
+AUDIT_COLUMNS = ("device_id", "camera", "person_id", "name", "first_seen", "last_seen", "frames", "mean_score")
+
+
+def format_audit(rows: list[dict], fmt: str) -> str:
+    """Times as UTC ISO 8601 in table and CSV, as UTC seconds in JSON (exact)."""
+    if fmt == "json":
+        return json.dumps([{k: r[k] for k in AUDIT_COLUMNS + ("id",)} for r in rows], indent=1) + "\n"
+    text = [[r["device_id"], r["camera"], r["person_id"], r["name"] or "", _iso(r["first_seen"]), _iso(r["last_seen"]),
+             str(r["frames"]), f"{r['mean_score']:.3f}"] for r in rows]
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(AUDIT_COLUMNS)
+        writer.writerows(text)
+        return out.getvalue()
+    if not rows:
+        return "no audit intervals match\n"
+    widths = [max(len(c), *(len(r[i]) for r in text)) for i, c in enumerate(AUDIT_COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(AUDIT_COLUMNS, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in text]
+    return "\n".join(lines) + "\n"
 
 
 def _print_devices(devices: list[dict], version: int, content_hash: str) -> None:

@@ -63,11 +63,21 @@ class Limits:
 @dataclass
 class Event:
     version: int
-    op: str  # "upsert" | "delete"
+    op: str  # "upsert" | "delete" | "validity" (a new consent period) | "purge" (drop the person's audit rows)
     person_id: str
     name: Optional[str]
     embeddings: Optional[np.ndarray]
     model_sig: Optional[str]
+    issued_at: float
+    valid_from: Optional[float] = None
+    valid_until: Optional[float] = None
+
+
+@dataclass
+class Heartbeat:
+    """The admin's signed "the registry is at ``version`` as of ``issued_at``": freshness without 8 MB."""
+
+    version: int
     issued_at: float
 
 
@@ -78,9 +88,11 @@ class Snapshot:
     content_hash: str
     people: list[Person]
     issued_at: float
+    purges: dict[str, float] = None  # person_id -> issued_at of the purge of their audit rows
 
 
-Message = Union[Event, Snapshot]
+Message = Union[Event, Snapshot, Heartbeat]
+OPS = ("upsert", "delete", "validity", "purge")
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -96,10 +108,35 @@ def public_key_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+def private_key_pem_encrypted(key: Ed25519PrivateKey, passphrase: bytes) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.BestAvailableEncryption(passphrase))
+
+
+class KeyFileError(ValueError):
+    """The admin key cannot be used as given (missing, protected, wrong passphrase): worded for the operator."""
+
+
+def load_private_key(path: Path, passphrase: Optional[bytes] = None) -> Ed25519PrivateKey:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"no admin private key at {path}: run `edge-admin keygen` or give --key") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read the admin private key {path} ({exc.strerror or exc})") from None
+    encrypted = b"ENCRYPTED" in data.split(b"\n", 1)[0]
+    if encrypted and not passphrase:
+        raise KeyFileError(f"the admin private key {path} is protected by a passphrase: give it with --passphrase-file "
+                        "or EDGE_ADMIN_KEY_PASSPHRASE")
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase if encrypted else None)
+    except ValueError:
+        if encrypted:
+            raise KeyFileError(f"wrong passphrase for the admin private key {path}") from None
+        raise KeyFileError(f"{path} is not a PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} is not an Ed25519 private key")
+        raise KeyFileError(f"{path} is not an Ed25519 private key")
     return key
 
 
@@ -131,24 +168,48 @@ def sign(key: Ed25519PrivateKey, body: dict) -> bytes:
     return canonical_json(header) + b"\n" + data
 
 
+def _period(valid_from: Optional[float], valid_until: Optional[float]) -> dict:
+    """Only the ends that are set travel: a person without a period looks as before."""
+    period = {}
+    if valid_from is not None:
+        period["valid_from"] = float(valid_from)
+    if valid_until is not None:
+        period["valid_until"] = float(valid_until)
+    return period
+
+
 def event_body(site: str, version: int, op: str, person_id: str, name: Optional[str] = None,
-               embeddings: Optional[np.ndarray] = None, model_sig: Optional[str] = None) -> dict:
+               embeddings: Optional[np.ndarray] = None, model_sig: Optional[str] = None,
+               valid_from: Optional[float] = None, valid_until: Optional[float] = None,
+               issued_at: Optional[float] = None) -> dict:
     body = {"format": FORMAT, "type": "event", "site": site, "version": int(version), "op": op,
-            "person_id": person_id, "issued_at": time.time()}
+            "person_id": person_id, "issued_at": time.time() if issued_at is None else float(issued_at)}
     if op == "upsert":
         body.update(name=name, model_sig=model_sig, embeddings=encode_embeddings(embeddings))
+    if op in ("upsert", "validity"):
+        body.update(_period(valid_from, valid_until))
     return body
 
 
-def snapshot_body(site: str, version: int, model_sig: str, people: list[Person]) -> dict:
+def heartbeat_body(site: str, version: int, issued_at: Optional[float] = None) -> dict:
+    return {"format": FORMAT, "type": "heartbeat", "site": site, "version": int(version),
+            "issued_at": time.time() if issued_at is None else float(issued_at)}
+
+
+def snapshot_body(site: str, version: int, model_sig: str, people: list[Person],
+                  purges: Optional[dict[str, float]] = None, issued_at: Optional[float] = None) -> dict:
     if any(p.model_sig != model_sig for p in people):
         raise ValueError("a snapshot holds embeddings of one model only")
-    return {
+    body = {
         "format": FORMAT, "type": "snapshot", "site": site, "version": int(version), "model_sig": model_sig,
-        "issued_at": time.time(), "hash": hash_people(people), "count": len(people),
-        "people": [{"person_id": p.person_id, "name": p.name, "embeddings": encode_embeddings(p.embeddings)}
-                   for p in people],
+        "issued_at": time.time() if issued_at is None else float(issued_at), "hash": hash_people(people),
+        "count": len(people),
+        "people": [{"person_id": p.person_id, "name": p.name, "embeddings": encode_embeddings(p.embeddings),
+                    **_period(p.valid_from, p.valid_until)} for p in people],
     }
+    if purges:
+        body["purges"] = {pid: float(t) for pid, t in sorted(purges.items())}
+    return body
 
 
 # -- verification -------------------------------------------------------------------------------
@@ -214,6 +275,20 @@ def _issued_at(body: dict) -> float:
     return float(value)
 
 
+def _time(body: dict, key: str) -> Optional[float]:
+    value = _field(body, key, (int, float), required=False)
+    if value is not None and not (math.isfinite(value) and 0 <= value < 1e11):
+        raise Rejected("payload", f"{key} is not a time")
+    return None if value is None else float(value)
+
+
+def _validity(body: dict) -> tuple[Optional[float], Optional[float]]:
+    valid_from, valid_until = _time(body, "valid_from"), _time(body, "valid_until")
+    if valid_from is not None and valid_until is not None and valid_until <= valid_from:
+        raise Rejected("payload", "valid_until must be after valid_from")
+    return valid_from, valid_until
+
+
 def _person_id(value) -> str:
     if not isinstance(value, str) or not _PERSON_ID.match(value):
         raise Rejected("payload", "person_id must be 1-64 letters, digits, '-' or '_'")
@@ -272,8 +347,12 @@ def _common(body: dict, site: str, kind: str, allowed: set[str]) -> None:
         raise Rejected("payload", "message is for another site")
 
 
-_EVENT_KEYS = {"format", "type", "site", "version", "op", "person_id", "name", "model_sig", "embeddings", "issued_at"}
-_SNAPSHOT_KEYS = {"format", "type", "site", "version", "model_sig", "issued_at", "hash", "count", "people"}
+_EVENT_KEYS = {"format", "type", "site", "version", "op", "person_id", "name", "model_sig", "embeddings", "issued_at",
+               "valid_from", "valid_until"}
+_SNAPSHOT_KEYS = {"format", "type", "site", "version", "model_sig", "issued_at", "hash", "count", "people", "purges"}
+_HEARTBEAT_KEYS = {"format", "type", "site", "version", "issued_at"}
+_PERSON_KEYS = {"person_id", "name", "embeddings"}
+_PERIOD_KEYS = {"valid_from", "valid_until"}
 
 
 def parse_event(body: dict, site: str, limits: Limits) -> Event:
@@ -282,16 +361,26 @@ def parse_event(body: dict, site: str, limits: Limits) -> Event:
     op = _field(body, "op", str)
     person_id = _person_id(body.get("person_id"))
     issued_at = _issued_at(body)
-    if op == "delete":
-        if {"name", "embeddings", "model_sig"} & set(body):
-            raise Rejected("payload", "a delete carries no name, model_sig or embeddings")
+    if op not in OPS:
+        raise Rejected("payload", f"op must be one of {', '.join(OPS)}")
+    if op != "upsert" and {"name", "embeddings", "model_sig"} & set(body):
+        raise Rejected("payload", f"a {op} carries no name, model_sig or embeddings")
+    if op in ("delete", "purge"):
+        if _PERIOD_KEYS & set(body):
+            raise Rejected("payload", f"a {op} carries no validity period")
         return Event(version, op, person_id, None, None, None, issued_at)
-    if op != "upsert":
-        raise Rejected("payload", "op must be upsert or delete")
+    valid_from, valid_until = _validity(body)
+    if op == "validity":
+        return Event(version, op, person_id, None, None, None, issued_at, valid_from, valid_until)
     name = _name(body.get("name"))
     model_sig = _model_sig(body.get("model_sig"))
     embeddings = _embeddings(body.get("embeddings"), limits)
-    return Event(version, op, person_id, name, embeddings, model_sig, issued_at)
+    return Event(version, op, person_id, name, embeddings, model_sig, issued_at, valid_from, valid_until)
+
+
+def parse_heartbeat(body: dict, site: str) -> Heartbeat:
+    _common(body, site, "heartbeat", _HEARTBEAT_KEYS)
+    return Heartbeat(_version(body), _issued_at(body))
 
 
 def parse_snapshot(body: dict, site: str, limits: Limits) -> Snapshot:
@@ -310,9 +399,10 @@ def parse_snapshot(body: dict, site: str, limits: Limits) -> Snapshot:
     ids: set[str] = set()
     names: set[str] = set()
     for row in rows:
-        if not isinstance(row, dict) or set(row) != {"person_id", "name", "embeddings"}:
-            raise Rejected("payload", "a person must be {person_id, name, embeddings}")
-        person = Person(_person_id(row["person_id"]), _name(row["name"]), _embeddings(row["embeddings"], limits), model_sig)
+        if not isinstance(row, dict) or not _PERSON_KEYS <= set(row) or set(row) - _PERSON_KEYS - _PERIOD_KEYS:
+            raise Rejected("payload", "a person must be {person_id, name, embeddings[, valid_from, valid_until]}")
+        person = Person(_person_id(row["person_id"]), _name(row["name"]), _embeddings(row["embeddings"], limits), model_sig,
+                        *_validity(row))
         if person.person_id in ids or person.name in names:
             raise Rejected("payload", "duplicate person id or name")
         ids.add(person.person_id)
@@ -320,4 +410,10 @@ def parse_snapshot(body: dict, site: str, limits: Limits) -> Snapshot:
         people.append(person)
     if hash_people(people) != claimed:
         raise Rejected("payload", "content hash does not match the people listed")
-    return Snapshot(version, model_sig, claimed, people, issued_at)
+    raw_purges = _field(body, "purges", dict, required=False) or {}
+    if len(raw_purges) > limits.max_people:
+        raise Rejected("payload", "too many purges")
+    purges = {_person_id(pid): _time({"t": t}, "t") for pid, t in raw_purges.items()}
+    if any(t is None for t in purges.values()):
+        raise Rejected("payload", "a purge needs a time")
+    return Snapshot(version, model_sig, claimed, people, issued_at, purges)
