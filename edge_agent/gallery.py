@@ -34,6 +34,7 @@ class GalleryProvider:
         self._issued_at: Optional[float] = None
         self._gallery = self._base
         self._until = -math.inf
+        self._decided_at = math.inf
         self._generation = -1
         self.status = ConsentStatus()
         self.refresh()
@@ -58,7 +59,8 @@ class GalleryProvider:
                     self._token = token
                     self._until = -math.inf
             wall = self.gate.clock()
-            if wall >= self._until or self.gate.generation != self._generation:
-                self._generation = self.gate.generation
+            # re-decide when a period edge or the age limit is reached, or the clock went back
+            if wall >= self._until or wall < self._decided_at or self.gate.generation != self._generation:
+                self._generation, self._decided_at = self.gate.generation, wall
                 self._gallery, self._until, self.status = self.gate.decide(self._base, self._periods, self._issued_at, wall)
             return self._gallery

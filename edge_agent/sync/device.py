@@ -357,12 +357,12 @@ class RegistrySync:
         if reason_code.is_failure:
             log.warning("registry sync: broker refused the connection (%s)", reason_code)
             return
-        self.applier.counters["connects"] += 1
         # Nobody registered is shown until the queued events and the admin's retained heartbeat
         # (or snapshot) have been seen: withdrawals made while away apply first.
         self._caught_up = self._marker_seen = False
         if self.gate is not None:
             self.gate.hold("registry sync is catching up after a (re)connect")
+        self.applier.counters["connects"] += 1
         self._queue.put("reconnected")
         self._connected.set()
         log.info("registry sync: connected to %s:%d", self.config.host, self.config.port)
@@ -486,13 +486,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--mqtt-config", type=Path, required=True, help="YAML file holding the mqtt: block")
     parser.add_argument("--registry", type=Path, required=True)
     parser.add_argument("--model-sig", required=True)
+    parser.add_argument("--audit", type=Path, help="audit.db whose closed intervals are published")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     raw = yaml.safe_load(args.mqtt_config.read_text()) or {}
     config = MqttConfig.model_validate(raw.get("mqtt", raw))
     registry = Registry(args.registry)
+    audit = AuditLog(args.audit) if args.audit else None
     sync = RegistrySync(config, registry, args.model_sig,
-                        on_applied=lambda: print(json.dumps({"applied": registry.version}), flush=True))
+                        on_applied=lambda: print(json.dumps({"applied": registry.version}), flush=True), audit=audit)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
