@@ -6,9 +6,10 @@ The registry says who consented; this module says who may be shown *at this mome
 * a clock that reads earlier than the newest signed admin message the device holds (minus
   ``clock_skew_s``) is a reset clock: every person with a period counts as expired until it is
   sane again (the period cannot be judged);
-* with ``max_registry_age`` set, a registry whose newest signed admin message is older than that
-  hides every registered person (fail closed: withdrawals may be waiting somewhere) — and so does
-  an insane clock, since the age cannot be known;
+* with ``max_registry_age`` set (registry sync on), a registry whose newest signed admin message
+  is older than that hides every registered person (fail closed: withdrawals may be waiting
+  somewhere) — and so do a registry that never heard from the admin and an insane clock, since
+  the age cannot be known;
 * while registry sync is catching up after a (re)connect, nobody is shown (``hold``): pending
   withdrawals are applied before anyone is shown again.
 
@@ -89,8 +90,10 @@ class ConsentGate:
         if hold is not None:
             status.catching_up = True
             reason = hold
-        elif self.max_registry_age is not None and newest_issued_at is not None:
-            if not status.clock_sane:
+        elif self.max_registry_age is not None:
+            if newest_issued_at is None:
+                reason = "no signed word from the admin yet"
+            elif not status.clock_sane:
                 reason = "the clock reads before the newest admin message: registry age unknown"
             elif status.registry_age_s > self.max_registry_age:
                 reason = f"no word from the admin for {status.registry_age_s:.0f} s (max_registry_age {self.max_registry_age:.0f} s)"

@@ -36,7 +36,9 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, workdir: Path, tls: bool = False, user: str = "device", password: str = "s3cret") -> None:
+    def __init__(self, workdir: Path, tls: bool = False, user: str = "device", password: str = "s3cret",
+                 acl_file: Optional[Path] = None, users: Optional[dict[str, str]] = None) -> None:
+        """``acl_file`` and ``users`` (name -> password): a broker with per-user topic ACLs."""
         self.binary = require_mosquitto()
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -73,8 +75,18 @@ class Broker:
                 f"keyfile {self.certs['server_key']}",
                 "require_certificate true",
             ]
+        elif users:
+            if MOSQUITTO_PASSWD is None:
+                pytest.skip("mosquitto_passwd is not installed")
+            pw = self.workdir / "passwd"
+            pw.touch()
+            for name, secret in users.items():
+                subprocess.run([MOSQUITTO_PASSWD, "-b", str(pw), name, secret], check=True, capture_output=True)
+            lines += ["allow_anonymous false", f"password_file {pw}"]
         else:
             lines.append("allow_anonymous true")
+        if acl_file is not None:
+            lines.append(f"acl_file {acl_file}")
         self.conf.write_text("\n".join(lines) + "\n")
         self.log = self.workdir / "mosquitto.log"
 
