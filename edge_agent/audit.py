@@ -162,7 +162,13 @@ class AuditLog:
 
     def mark_published(self, ids: list[str]) -> None:
         with self._lock:
-            self.db.executemany("UPDATE audit SET published = 1 WHERE id = ?", [(i,) for i in ids])
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.executemany("UPDATE audit SET published = 1 WHERE id = ?", [(i,) for i in ids])
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     def purge(self, person_id: str, before: float) -> int:
         """The admin's signed purge: forget this person's intervals that began before ``before``."""
