@@ -280,6 +280,7 @@ class RegistrySync:
         self._worker: Optional[threading.Thread] = None
         self._connected = threading.Event()
         self._last_snapshot_request = 0.0
+        self._request_gap = 1.0
         self._started_at = time.time()
         self.client = self._make_client()
 
@@ -440,10 +441,15 @@ class RegistrySync:
         self._safe(lambda: self.client.ack(message.mid, message.qos))
         if kind in ("heartbeat", "snapshot") and outcomes and outcomes[0].result != "rejected":
             self._marker_seen = True
+        if self._caught_up and self.applier.behind:  # missed changes (maybe withdrawals): fail closed
+            self._caught_up = False
+            if self.gate is not None:
+                self.gate.hold("behind the admin's registry version: waiting for the missing changes")
         if not self._caught_up and self._marker_seen and not self.applier.needs_snapshot:
             self._caught_up = True
             if self.gate is not None:
                 self.gate.release()
+            self._request_gap = 1.0
             log.info("registry sync: caught up at version %d", self.registry.version)
         if kind == "heartbeat":
             if self.applier.needs_snapshot:
@@ -462,9 +468,11 @@ class RegistrySync:
     def _request_snapshot(self) -> None:
         """Ask for the registry again: re-subscribe (the broker resends the retained snapshot) and
         ask the admin's service to publish a current one (the retained one may be older)."""
-        if time.monotonic() - self._last_snapshot_request <= 2.0:
+        if time.monotonic() - self._last_snapshot_request <= self._request_gap:
             return
         self._last_snapshot_request = time.monotonic()
+        # the retained snapshot may stay too old until the admin answers: back off (2 s ... 2 min)
+        self._request_gap = min(120.0, self._request_gap * 2)
         request = {"device_id": self.config.device_id, "want": "snapshot", "version": self.registry.version, "ts": time.time()}
         self._safe(lambda: self.client.publish(self.request_topic, protocol.canonical_json(request), qos=1))
         self._safe(lambda: self.client.subscribe(self.snapshot_topic, 1))
