@@ -93,6 +93,7 @@ def create_app(agent: Agent, token: str) -> FastAPI:
     def metrics() -> PlainTextResponse:
         info = agent.registry_info()
         extra = {"registry_people": info["count"], "registry_version": info["version"], "recognition_enabled": int(agent.models.embedder is not None)}
+        extra["registered_people_hidden"] = int(bool(agent.consent()["registered_hidden"]))
         text = prometheus_text({n: w.stats for n, w in agent.cameras.items()}, extra, agent.sync_counters())
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 

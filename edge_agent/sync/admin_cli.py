@@ -22,6 +22,7 @@ import csv
 import datetime
 import io
 import json
+import logging
 import os
 import signal
 import sys
@@ -219,8 +220,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                 stop = threading.Event()
                 signal.signal(signal.SIGTERM, lambda *_: stop.set())
                 signal.signal(signal.SIGINT, lambda *_: stop.set())
-                import logging
-
                 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
                 print(f"edge-admin serve: site {config.site} on {config.host}:{config.port}", flush=True)
                 admin.serve(stop, args.heartbeat_s, args.snapshot_s, args.audit_retention_days)

@@ -32,7 +32,7 @@ def _record(doc) -> tuple:
     if not isinstance(doc, dict) or set(doc) != set(FIELDS):
         raise AuditRecordError("an audit record has exactly the fields " + ", ".join(FIELDS))
     texts = [doc[k] for k in ("id", "person_id", "camera")]
-    if any(not isinstance(t, str) or not 0 < len(t) <= 64 for t in texts):
+    if any(not isinstance(t, str) or not 0 < len(t) <= 200 for t in texts):
         raise AuditRecordError("id, person_id and camera are short strings")
     numbers = [doc[k] for k in ("first_seen", "last_seen", "mean_score")]
     if any(isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) for n in numbers):
