@@ -88,7 +88,7 @@ class Snapshot:
     content_hash: str
     people: list[Person]
     issued_at: float
-    purges: dict[str, float] = None  # person_id -> issued_at of the purge of their audit rows
+    purges: Optional[dict[str, float]] = None  # person_id -> issued_at of the purge of their audit rows
 
 
 Message = Union[Event, Snapshot, Heartbeat]
