@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
-import pytest
 import yaml
 
 from edge_agent.audit import AuditLog
