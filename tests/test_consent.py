@@ -412,3 +412,26 @@ def test_dates_on_the_command_line():
     assert admin_cli.utc_time("2027-06-30T18:00Z") == 1814313600.0 + 18 * 3600
     assert admin_cli.utc_time("2027-06-30T20:00+02:00") == 1814313600.0 + 18 * 3600
     assert admin_cli.utc_time("none") is None
+
+
+def test_admin_service_unit_gets_the_key_as_credentials(tmp_path):
+    """The shipped unit for `edge-admin serve` passes systemd's own check and hands the key and
+    passphrase over as credentials (the names edge-admin looks for in $CREDENTIALS_DIRECTORY)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    unit_file = Path(__file__).resolve().parents[1] / "systemd" / "edge-admin-serve.service"
+    text = unit_file.read_text()
+    assert "LoadCredential=admin_ed25519.key:" in text and "LoadCredential=admin-key-passphrase:" in text
+    assert "edge_agent.sync.admin_cli" in text and " serve" in text
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    unit = tmp_path / "edge-admin-serve.service"
+    unit.write_text(text.replace("/opt/edge-agent/.venv/bin/python", sys.executable))
+    result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    output = (result.stdout + result.stderr).strip()
+    problems = [line for line in output.splitlines() if "edge-admin-serve.service" in line or "warning" in line.lower()]
+    assert result.returncode == 0 and not problems, output
