@@ -147,6 +147,7 @@ def test_withdrawal_while_offline_applied_before_anyone_is_shown(broker, admin_h
             while not done.is_set():
                 connects = device.sync.counters()["connects"] if device.sync else 0
                 samples.append((connects, device.shown()))
+                time.sleep(0.0005)
 
         device.start()
         sampler = threading.Thread(target=sample)
@@ -224,10 +225,12 @@ def test_changes_travel_as_events_snapshot_on_request(broker, admin_home, site, 
     seen = {"events": 0, "snapshot": 0, "heartbeat": 0}
     watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{site}")
     watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], seen[m.topic.rsplit("/", 1)[1]] + 1)
+    subscribed = threading.Event()
+    watcher.on_subscribe = lambda *args: subscribed.set()
     watcher.connect(broker.host, broker.port)
-    watcher.subscribe(cfg.topic("registry", "#"), 1)
     watcher.loop_start()
-    time.sleep(0.3)  # the subscription is in place
+    watcher.subscribe(cfg.topic("registry", "#"), 1)
+    assert subscribed.wait(10)
     for i in range(5):
         admin.enroll(f"p{i}", unit(1, 10 + i), SIG)
     assert wait_for(lambda: seen["events"] == 5 and seen["heartbeat"] == 5)
@@ -283,7 +286,7 @@ def _count(db: Path, sql: str) -> int:
 
 def test_audit_exact_over_sigkill_of_device_and_admin(broker, admin_home, site, tmp_path):
     n = 2000
-    cfg = mqtt_config(broker, site, admin_home, device_id="audited", audit_publish_s=0.1)  # 200 per batch
+    cfg = mqtt_config(broker, site, admin_home, device_id="audited", audit_publish_s=0.2)  # 200 per batch
     device_audit = tmp_path / "device-audit.db"
     log = AuditLog(device_audit, gap_s=1.0)
     t0 = time.time() - 3600

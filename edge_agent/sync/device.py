@@ -271,7 +271,7 @@ class RegistrySync:
         self.audit_topic = config.topic("devices", config.device_id, "audit")
         self._audit_inflight: dict[int, list[str]] = {}  # MQTT message id -> audit interval ids
         self._marker_seen = False
-        self._caught_up = True  # False from each connect until the admin's retained marker confirms it
+        self._caught_up = True  # False from each connect until the admin's retained heartbeat confirms it
         self.state_topic = config.topic("devices", config.device_id, "state")
         self.status_topic = config.topic("devices", config.device_id, "status")
         self.ack_topic = config.topic("devices", config.device_id, "ack")
@@ -358,8 +358,8 @@ class RegistrySync:
         if reason_code.is_failure:
             log.warning("registry sync: broker refused the connection (%s)", reason_code)
             return
-        # Nobody registered is shown until the queued events and the admin's retained heartbeat
-        # (or snapshot) have been seen: withdrawals made while away apply first.
+        # Nobody registered is shown until the admin's retained heartbeat has been seen and its
+        # version is held (queued events or a snapshot): withdrawals made while away apply first.
         self._caught_up = self._marker_seen = False
         if self.gate is not None:
             self.gate.hold("registry sync is catching up after a (re)connect")
@@ -439,7 +439,9 @@ class RegistrySync:
             except Exception:
                 log.exception("registry sync: on_applied callback failed")
         self._safe(lambda: self.client.ack(message.mid, message.qos))
-        if kind in ("heartbeat", "snapshot") and outcomes and outcomes[0].result != "rejected":
+        # The retained heartbeat is the marker: the admin publishes it with every change and every
+        # snapshot, so it names the newest version (a retained snapshot may be older).
+        if kind == "heartbeat" and outcomes and outcomes[0].result != "rejected":
             self._marker_seen = True
         if self._caught_up and self.applier.behind:  # missed changes (maybe withdrawals): fail closed
             self._caught_up = False
