@@ -269,9 +269,10 @@ def _device_process(cfg, db: Path, audit: Path, tmp_path: Path) -> subprocess.Po
 
 def _serve_process(home: Path, broker: Broker, site: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    log = open(home / "serve.log", "ab")
     return subprocess.Popen([sys.executable, "-m", "edge_agent.sync.admin_cli", "--home", str(home), "--host", broker.host,
                              "--port", str(broker.port), "--site", site, "serve", "--heartbeat-s", "5"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=env, stdout=log, stderr=log)
 
 
 def _count(db: Path, sql: str) -> int:
@@ -305,6 +306,8 @@ def test_audit_exact_over_sigkill_of_device_and_admin(broker, admin_home, site, 
     held = lambda: _count(admin_audit, "SELECT count(*) FROM audit")  # noqa: E731
     published = lambda: _count(device_audit, "SELECT count(*) FROM audit WHERE published = 1")  # noqa: E731
     serve = _serve_process(home, broker, site)
+    # the admin service's session must exist first: the broker queues for it from then on
+    assert wait_for(lambda: b"subscribed" in (home / "serve.log").read_bytes(), 30)
     device = _device_process(cfg, tmp_path / "device.db", device_audit, tmp_path)
     try:
         assert wait_for(lambda: held() >= 200, 30)
@@ -312,7 +315,8 @@ def test_audit_exact_over_sigkill_of_device_and_admin(broker, admin_home, site, 
         device.wait(10)
         first = (held(), published())
         assert first[0] < n, "the device finished before it could be killed"
-        if first[1] >= first[0]:  # every delivered batch was acknowledged before the kill: make the
+        replayed = first[1] >= first[0]
+        if replayed:  # every delivered batch was acknowledged before the kill: make the
             # crash land between delivery and acknowledgement for one batch (what a lost PUBACK leaves)
             conn = sqlite3.connect(device_audit)
             with conn:
@@ -327,13 +331,14 @@ def test_audit_exact_over_sigkill_of_device_and_admin(broker, admin_home, site, 
         assert second < n, "the admin finished before it could be killed"
         assert wait_for(lambda: published() == n, 30)  # the device goes on publishing into the admin's queue
         serve = _serve_process(home, broker, site)
-        assert wait_for(lambda: held() == n, 30)
+        assert wait_for(lambda: held() == n, 30), (held(), (home / "serve.log").read_text()[-3000:])
         time.sleep(0.5)  # any redelivery still in flight would land now
         conn = sqlite3.connect(admin_audit)
         rows = conn.execute("SELECT id, person_id, camera, first_seen, last_seen, frames, mean_score, device_id FROM audit").fetchall()
         conn.close()
         assert len(rows) == n and {r[:7] for r in rows} == expected and {r[7] for r in rows} == {"audited"}
         print(f"\n[audit] {n} intervals: device SIGKILLed after {first[0]} reached the admin ({first[1]} acknowledged), "
+              f"{'100 already delivered marked unacknowledged (as a lost PUBACK leaves them), ' if replayed else ''}"
               f"admin SIGKILLed at {second}; admin holds exactly the device's {n}, none lost, none doubled")
     finally:
         for proc in (device, serve):

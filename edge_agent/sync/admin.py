@@ -315,7 +315,13 @@ class Admin:
             connected.set()
             client.subscribe([(audit_topic, 1), (request_topic, 1)])
 
+        def on_subscribe(client, userdata, mid, reason_codes, properties):
+            # From the first subscription on, the broker queues every device's audit for this
+            # session, also while the service is down; audit published before it is not kept.
+            log.info("edge-admin serve: subscribed to the devices' audit and request topics")
+
         client.on_connect = on_connect
+        client.on_subscribe = on_subscribe
         client.on_disconnect = lambda *args: connected.clear()
         client.on_message = lambda client, userdata, message: inbox.put(message)
         client.reconnect_delay_set(1, max(1, int(self.config.reconnect_max_s)))
