@@ -1,5 +1,8 @@
 """The local HTTP API. Every route that returns pixels reads a ``FrameBuffer``, which holds only
-filtered frames: there is no route, debug or otherwise, that can return a raw frame."""
+filtered frames: there is no route, debug or otherwise, that can return a raw frame.
+
+Everything but ``/api/health`` needs the bearer token or the page's session cookie
+(``POST /api/session`` trades the token for it; see ``api_guard``)."""
 
 from __future__ import annotations
 
@@ -12,25 +15,47 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from edge_agent import __version__
+from edge_agent.api_guard import GuardMiddleware, HostPolicy, Sessions, cookie_name
+from edge_agent.config import ApiConfig
 from edge_agent.service import Agent, CameraWorker
 from edge_agent.stats import prometheus_text
 
-COOKIE = "edge_agent_token"
 BOUNDARY = "frame"
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+# Documented in the schema: what a client of each route may get besides its 200.
+UNAUTHORIZED = {401: {"description": "missing or wrong bearer token, or no valid session"}}
+NO_CAMERA = {404: {"description": "no camera with that name"}}
+NO_FRAME = {503: {"description": "the camera has not produced a filtered frame yet"}}
 
 
-def create_app(agent: Agent, token: str) -> FastAPI:
+def create_app(agent: Agent, token: str, api: Optional[ApiConfig] = None) -> FastAPI:
     if not token:
         raise ValueError("the API needs a token")
-    app = FastAPI(title="edge-agent", version=__version__, docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    api = api or agent.config.api
+    app = FastAPI(title="edge-agent", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(GuardMiddleware, policy=HostPolicy(api))
     expected = token.encode()
+    sessions = Sessions(api.session_ttl_s)
 
-    def authorized(request: Request) -> None:
+    def start_session(request: Request, response: Response) -> None:
+        response.set_cookie(
+            cookie_name(request.scope["server"][1]), sessions.issue(), max_age=api.session_ttl_s, path="/",
+            httponly=True, samesite="strict", secure=request.url.scheme == "https",
+        )
+
+    def authorized(request: Request, response: Response) -> None:
         header = request.headers.get("authorization", "")
-        given = header[7:] if header[:7].lower() == "bearer " else request.cookies.get(COOKIE, "")
-        if not given or not hmac.compare_digest(given.encode(), expected):
-            raise HTTPException(status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        if header[:7].lower() == "bearer ":
+            if hmac.compare_digest(header[7:].encode(), expected):
+                return
+        else:
+            session = request.cookies.get(cookie_name(request.scope["server"][1]))
+            left = sessions.remaining(session) if session else None
+            if left is not None:
+                if left < api.session_ttl_s / 2:  # an open page keeps its session alive
+                    start_session(request, response)
+                return
+        raise HTTPException(status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     def camera(name: str) -> CameraWorker:
         worker = agent.cameras.get(name)
@@ -38,25 +63,37 @@ def create_app(agent: Agent, token: str) -> FastAPI:
             raise HTTPException(status_code=404, detail=f"no camera named {name!r}")
         return worker
 
-    @app.get("/api/health")
+    @app.get("/api/health", responses={503: {"description": "degraded: a camera has no recent frame"}})
     def health() -> JSONResponse:
         cameras = {name: w.health() for name, w in agent.cameras.items()}
         ok = agent.healthy()
         body = {"status": "ok" if ok else "degraded", "version": __version__, "recognition": agent.models.embedder is not None, "cameras": cameras}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/api/cameras", dependencies=[Depends(authorized)])
+    @app.post("/api/session", status_code=204, response_class=Response, dependencies=[Depends(authorized)], responses=UNAUTHORIZED)
+    def session(request: Request, response: Response) -> None:
+        """Trade the bearer token for the page's session cookie."""
+        start_session(request, response)
+
+    @app.get("/api/openapi.json", include_in_schema=False, dependencies=[Depends(authorized)])
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/api/cameras", dependencies=[Depends(authorized)], responses=UNAUTHORIZED)
     def cameras() -> dict:
         return {"cameras": sorted(agent.cameras)}
 
-    @app.get("/api/cameras/{name}/latest.jpg", dependencies=[Depends(authorized)])
+    @app.get("/api/cameras/{name}/latest.jpg", dependencies=[Depends(authorized)], response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}, "description": "the newest filtered frame"}, **UNAUTHORIZED, **NO_CAMERA, **NO_FRAME})
     def latest(name: str) -> Response:
         _, frame = camera(name).buffer.latest()
         if frame is None:
             raise HTTPException(status_code=503, detail="no filtered frame yet")
         return Response(frame.jpeg, media_type="image/jpeg", headers=NO_STORE)
 
-    @app.get("/api/cameras/{name}/stream.mjpg", dependencies=[Depends(authorized)])
+    @app.get("/api/cameras/{name}/stream.mjpg", dependencies=[Depends(authorized)], response_class=StreamingResponse,
+             responses={200: {"content": {f"multipart/x-mixed-replace; boundary={BOUNDARY}": {}}, "description": "filtered frames as MJPEG"},
+                        **UNAUTHORIZED, **NO_CAMERA})
     async def stream(name: str, request: Request, max_frames: Optional[int] = None) -> StreamingResponse:
         buffer = camera(name).buffer
         period = 1.0 / agent.config.api.mjpeg_max_fps
@@ -78,15 +115,16 @@ def create_app(agent: Agent, token: str) -> FastAPI:
 
         return StreamingResponse(parts(), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}", headers=NO_STORE)
 
-    @app.get("/api/stats", dependencies=[Depends(authorized)])
+    @app.get("/api/stats", dependencies=[Depends(authorized)], responses=UNAUTHORIZED)
     def stats() -> dict:
         return agent.stats()
 
-    @app.get("/api/registry", dependencies=[Depends(authorized)])
+    @app.get("/api/registry", dependencies=[Depends(authorized)], responses=UNAUTHORIZED)
     def registry() -> dict:
         return agent.registry_info()
 
-    @app.get("/metrics", dependencies=[Depends(authorized)])
+    @app.get("/metrics", dependencies=[Depends(authorized)], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain; version=0.0.4": {}}, "description": "Prometheus text format"}, **UNAUTHORIZED})
     def metrics() -> PlainTextResponse:
         info = agent.registry_info()
         extra = {"registry_people": info["count"], "registry_version": info["version"], "recognition_enabled": int(agent.models.embedder is not None)}
