@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import threading
 from importlib import resources
 from typing import Optional
 
@@ -36,6 +37,8 @@ def create_app(agent: Agent, token: str, api: Optional[ApiConfig] = None) -> Fas
     app.add_middleware(GuardMiddleware, policy=HostPolicy(api))
     expected = token.encode()
     sessions = Sessions(api.session_ttl_s)
+    # Set when the server begins to stop: open MJPEG streams end themselves instead of being cut.
+    app.state.closing = threading.Event()
 
     def start_session(request: Request, response: Response) -> None:
         response.set_cookie(
@@ -100,7 +103,7 @@ def create_app(agent: Agent, token: str, api: Optional[ApiConfig] = None) -> Fas
 
         async def parts():
             sent, last = 0, -1
-            while max_frames is None or sent < max_frames:
+            while (max_frames is None or sent < max_frames) and not app.state.closing.is_set():
                 seq, frame = buffer.latest()
                 if frame is None or seq == last:
                     if await request.is_disconnected():

@@ -84,6 +84,12 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         watchdog.start()
 
     threading.Thread(target=announce_ready, name="sd-ready", daemon=True).start()
+
+    def on_exit() -> None:  # SIGTERM/SIGINT: tell systemd at once, end open streams
+        notifier.stopping("stopping")
+        app.state.closing.set()
+
+    server.on_exit = on_exit
     host = "127.0.0.1" if config.api.host in ("0.0.0.0", "::") else config.api.host
     host = f"[{host}]" if ":" in host else host
     # A configured token is a secret of the deployment: it never goes to stdout (the journal).
@@ -94,7 +100,8 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         server.run(sockets=[listener])
     finally:
         # Reached on SIGTERM too (systemctl stop): ApiServer does not re-raise the signal.
-        notifier.stopping("stopping")
+        if server.stop_signal is None:
+            notifier.stopping("stopping")
         watchdog.stop()
         agent.stop()
         log.info("stopped (%s)", signal.Signals(server.stop_signal).name if server.stop_signal else "server ended")

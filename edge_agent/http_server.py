@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 from contextlib import contextmanager
-from typing import Generator, Optional
+from typing import Callable, Generator, Optional
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -83,6 +83,13 @@ class ApiServer(uvicorn.Server):
     skipped on every ``systemctl stop``. ``stop_signal`` says which signal stopped it."""
 
     stop_signal: Optional[int] = None
+    on_exit: Optional[Callable[[], None]] = None  # called once, from the signal handler
+
+    def handle_exit(self, sig: int, frame) -> None:
+        first = not self.should_exit
+        super().handle_exit(sig, frame)
+        if first and self.on_exit is not None:
+            self.on_exit()
 
     @contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
