@@ -240,3 +240,11 @@ def test_bad_tls_settings_are_refused_before_the_models_load(certs, tmp_path, mo
         code = main(["--config", str(config), "run", "--source", "0", "--port", "0"])
         err = capsys.readouterr().err
         assert code == 2 and expected in err and "Traceback" not in err, (name, err)
+
+
+def test_the_unit_file_limit_covers_the_connection_cap():
+    from edge_agent.config import ApiConfig
+    from edge_agent.http_server import RESERVED_FDS
+    from tests.test_systemd import _unit_settings
+
+    assert int(_unit_settings()["LimitNOFILE"][0]) >= ApiConfig().max_connections + RESERVED_FDS
