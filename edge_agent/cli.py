@@ -17,7 +17,6 @@ from pydantic import ValidationError
 
 from edge_agent.config import CameraConfig, Config, ConfigError, load_config
 from edge_agent.enroll import EnrolError, embed_photos
-from edge_agent.http_server import ListenError
 from edge_agent.models.files import ModelFileError
 from edge_agent.preflight import PreflightError, check_process, check_run
 from edge_agent.registry import Registry, RegistryError
@@ -195,7 +194,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         config = load_config(args.config)
         _setup_logging(config.log_level)
         return args.func(config, args)
-    except (ConfigError, ModelFileError, EnrolError, RegistryError, UsageError, PreflightError, ListenError, ValueError) as exc:
+    except (ConfigError, ModelFileError, EnrolError, RegistryError, UsageError, PreflightError, ValueError) as exc:
         print(f"edge-agent: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file the user named cannot be read or written: say which, no traceback

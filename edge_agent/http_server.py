@@ -22,16 +22,13 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge_agent.config import ApiConfig
+from edge_agent.preflight import PreflightError
 
 # File descriptors the agent needs besides API connections: models, cameras, SQLite, MQTT, logs.
 RESERVED_FDS = 256
 # Open MJPEG streams never finish by themselves: on shutdown they get this long, then are cut.
 SHUTDOWN_GRACE_S = 2
 BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-
-
-class ListenError(Exception):
-    """The API cannot serve as configured (worded for the operator)."""
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -113,7 +110,7 @@ def check_tls(api: ApiConfig) -> None:
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(api.tls_cert), str(api.tls_key))
     except (OSError, ssl.SSLError) as exc:
-        raise ListenError(f"api.tls_cert {api.tls_cert} / api.tls_key {api.tls_key}: cannot be used ({getattr(exc, 'strerror', None) or exc})") from None
+        raise PreflightError(f"api.tls_cert {api.tls_cert} / api.tls_key {api.tls_key}: cannot be used ({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def ensure_file_limit(api: ApiConfig) -> None:
@@ -123,7 +120,7 @@ def ensure_file_limit(api: ApiConfig) -> None:
     if soft == resource.RLIM_INFINITY or soft >= need:
         return
     if hard != resource.RLIM_INFINITY and hard < need:
-        raise ListenError(
+        raise PreflightError(
             f"api.max_connections {api.max_connections} needs {need} open files but the limit is {hard}: "
             "lower api.max_connections or raise LimitNOFILE"
         )
@@ -135,7 +132,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
     except (OSError, UnicodeError) as exc:
-        raise ListenError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise PreflightError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -143,7 +140,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise PreflightError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.set_inheritable(True)
     return sock
 

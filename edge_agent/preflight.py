@@ -10,7 +10,6 @@ from typing import Optional
 import cv2
 
 from edge_agent.config import Config
-from edge_agent.process import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv"}  # containers OpenCV writes mp4v into
 
@@ -32,6 +31,8 @@ def _writable_dir(directory: Path, what: str, create: bool) -> None:
 
 
 def check_process(source: Path, output: Path, max_frames: Optional[int], stats_json: Optional[Path]) -> None:
+    from edge_agent.process import IMAGE_SUFFIXES  # what process_file treats as an image
+
     if max_frames is not None and max_frames < 1:
         raise PreflightError(f"--max-frames must be at least 1 (got {max_frames})")
     if source.is_dir():
