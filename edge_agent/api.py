@@ -45,6 +45,7 @@ def create_app(agent: Agent, token: str, api: Optional[ApiConfig] = None) -> Fas
             cookie_name(request.scope["server"][1]), sessions.issue(), max_age=api.session_ttl_s, path="/",
             httponly=True, samesite="strict", secure=request.url.scheme == "https",
         )
+        response.delete_cookie("edge_agent_token", path="/")  # the raw token earlier versions left in the browser
 
     def authorized(request: Request, response: Response) -> None:
         header = request.headers.get("authorization", "")
