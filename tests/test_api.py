@@ -139,4 +139,4 @@ def test_page_renders_the_stream_in_headless_chromium(agent, tmp_path):
     assert page is not None
     # The stream image sits below the header at the left; video pixels vary, an empty box does not.
     region = page[60:300, 20:500]
-    assert region.std() > 10, "no video visible on the page"
+    assert region.std() > 4, "no video visible on the page"  # an empty box is ~0; the clip's darkest frames ~8
