@@ -56,7 +56,7 @@ def create_app(agent: Agent, token: str, api: Optional[ApiConfig] = None) -> Fas
             session = request.cookies.get(cookie_name(request.scope["server"][1]))
             left = sessions.remaining(session) if session else None
             if left is not None:
-                if left < api.session_ttl_s / 2:  # an open page keeps its session alive
+                if sessions.renewal_due(left):
                     start_session(request, response)
                 return
         raise HTTPException(status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})

@@ -121,6 +121,10 @@ class Sessions:
         left = int(expiry) - (now or time.time())
         return left if left > 0 else None
 
+    def renewal_due(self, left: float) -> bool:
+        """Past half its life: an open page (polling every 2 s) gets a fresh cookie."""
+        return left < self.ttl_s / 2
+
 
 def cookie_name(port: Optional[int]) -> str:
     """One cookie per port: two agents on one host do not log each other out."""

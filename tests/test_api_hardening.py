@@ -196,6 +196,7 @@ def test_sessions_expire_and_are_renewed():
     value = sessions.issue(now=1000.0)
     assert sessions.remaining(value, now=1050.0) == 50
     assert sessions.remaining(value, now=1101.0) is None
+    assert not sessions.renewal_due(sessions.remaining(value, now=1040.0)) and sessions.renewal_due(sessions.remaining(value, now=1060.0))
     assert sessions.remaining("123.abc", now=0) is None and sessions.remaining("", now=0) is None
 
 
@@ -249,3 +250,18 @@ def test_the_unit_file_limit_covers_the_connection_cap():
     from tests.test_systemd import _unit_settings
 
     assert int(_unit_settings()["LimitNOFILE"][0]) >= ApiConfig().max_connections + RESERVED_FDS
+
+
+def test_host_policy_for_loopback_lan_and_wildcard_binds():
+    from edge_agent.api_guard import HostPolicy
+    from edge_agent.config import ApiConfig
+
+    loopback = HostPolicy(ApiConfig())
+    assert loopback.allows("127.0.0.1:8080") and loopback.allows("localhost") and loopback.allows("[::1]:8080")
+    assert not loopback.allows("evil.example") and not loopback.allows("10.0.0.5") and not loopback.allows(None)
+    lan = HostPolicy(ApiConfig(host="192.168.1.5", allowed_hosts=["Camera-12.site.example"]))
+    assert lan.allows("192.168.1.5:8080") and lan.allows("camera-12.site.example:8080")
+    assert not lan.allows("192.168.1.6") and not lan.allows("rebind.evil.example")
+    wildcard = HostPolicy(ApiConfig(host="0.0.0.0"))
+    assert wildcard.allows("10.1.2.3:8080") and wildcard.allows("[fe80::1]") and wildcard.allows(socket.gethostname())
+    assert not wildcard.allows("rebind.evil.example:8080")
