@@ -5,7 +5,7 @@ blocked the event loop for ~27 s), a request head may take forever to arrive, an
 are accepted until the process runs out of file descriptors. Here the h11 parser bounds the
 request line and headers (``api.max_header_bytes``: larger heads get a 400 and a closed
 connection before the rest is read), every request head has a deadline, and connections past
-``api.max_connections`` are refused at once. It also stops cleanly on SIGTERM (see ``ApiServer``).
+``api.max_connections`` evict the longest-idle one (or are refused when all are busy). It also stops cleanly on SIGTERM (see ``ApiServer``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: cl
 
 
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a connection cap and a deadline for each request head."""
+    """uvicorn's h11 protocol with a connection cap and a deadline for each request head.
+
+    At the cap, a new connection evicts the one that has waited longest for a request head (an
+    idle or slow client); only when every connection is busy serving is the new one refused. So
+    a flood of idle connections cannot lock out a health check or a viewer."""
 
     max_connections = 512
     head_timeout_s = 10.0
@@ -40,21 +44,29 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer = None
+        self._waiting_since = self.loop.time()
         if len(self.connections) > self.max_connections:
-            transport.write(BUSY)
-            transport.close()
-            return
+            idle = [c for c in self.connections if c is not self and isinstance(c, GuardedH11Protocol) and c._waiting()]
+            if not idle:
+                transport.write(BUSY)
+                transport.close()
+                return
+            min(idle, key=lambda c: c._waiting_since).transport.close()
         self._arm_head_timer()
+
+    def _waiting(self) -> bool:
+        """No request in progress: waiting for a head, and not already closing."""
+        return (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing()
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
+        self._waiting_since = self.loop.time()
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_expired)
 
     def _head_expired(self) -> None:
         """No complete request head since the connection opened or the last response ended."""
-        waiting = self.cycle is None or self.cycle.response_complete
-        if waiting and not self.transport.is_closing():
+        if self._waiting():
             self.transport.close()
 
     def on_response_complete(self) -> None:
