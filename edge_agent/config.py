@@ -125,7 +125,7 @@ class ApiConfig(Strict):
     max_header_bytes: int = Field(16384, ge=1024, le=1 << 20, description="request line + headers; larger requests get a 400 unread")
     header_timeout_s: float = Field(10, gt=0, le=300, description="a request head not complete by then closes the connection")
     keepalive_timeout_s: int = Field(5, ge=1, le=300, description="idle keep-alive connections close after this")
-    max_connections: int = Field(512, ge=1, le=65536, description="more are refused at once (kept below the open-file limit)")
+    max_connections: int = Field(512, ge=1, le=65536, description="past it a new connection closes the longest-idle one (503 when all are busy); kept below the open-file limit")
     session_ttl_s: int = Field(900, ge=60, le=86400, description="life of the page's session cookie (renewed while the page is open)")
     tls_cert: Optional[Path] = Field(None, description="PEM certificate: serve HTTPS (with tls_key)")
     tls_key: Optional[Path] = Field(None, description="PEM private key of tls_cert")

@@ -100,6 +100,7 @@ class Registry:
         path = Path(path)
         self.path = path
         self._lock = threading.RLock()
+        conn = None
         try:
             _private_files(path)
             conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -109,10 +110,11 @@ class Registry:
             self.db = sqlite_utils.Database(conn)
             self._ensure_schema()
             _private_files(path)  # the -wal and -shm files SQLite just made
-        except OSError as exc:
-            raise RegistryError(f"cannot use the registry {path}: {exc.strerror or exc} (is {path.parent} writable?)") from None
-        except sqlite3.Error as exc:
-            raise RegistryError(f"cannot open the registry {path}: {exc} (is {path.parent} writable?)") from None
+        except (OSError, sqlite3.Error) as exc:
+            if conn is not None:
+                conn.close()  # a half-opened registry must not keep its file (or a mount) busy
+            reason = (exc.strerror or exc) if isinstance(exc, OSError) else exc
+            raise RegistryError(f"cannot use the registry {path}: {reason} (is {path.parent} writable?)") from None
 
     def _ensure_schema(self) -> None:
         with self.transaction():
