@@ -73,10 +73,11 @@ run: setup ## filter SOURCE and serve the live page on HOST:PORT
 test: setup
 	$(PY) -m pytest -q
 
-bench: setup bench-venv ## speed figures: pipeline vs deface, models FP32 vs INT8, sync, anonymizer
+bench: setup bench-venv ## speed figures: pipeline vs deface, models FP32 vs INT8, sync, API server, anonymizer
 	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate
 	$(PY) benchmarks/bench_models.py --models $(MODELS)
 	$(PY) benchmarks/bench_sync.py
+	$(PY) benchmarks/bench_http.py
 	$(PY) -m model_export.anonymizer --threads 1 bench --teacher model_export/anonymizer/weights/teacher_fp16.pt
 
 # deface (the common open-source tool, the peer in bench_pipeline) pulls the GUI OpenCV build:

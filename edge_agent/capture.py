@@ -90,16 +90,21 @@ class LatestFrameSource:
 
     def _run(self) -> None:
         backoff = 0.5
+        lost = False  # the operator saw a loss in the log: the recovery is logged too
         while not self._stop.is_set():
             try:
                 cap = open_capture(self.source)
             except SourceError as exc:
                 self.connected, self.last_error = False, str(exc)
                 log.warning("%s; retrying in %.1fs", exc, backoff)
+                lost = True
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
             self.connected, self.last_error = True, None
+            if lost:
+                log.info("source %s reconnected", describe(self.source))
+                lost = False
             backoff = 0.5
             try:
                 finished = self._read(cap)
@@ -114,6 +119,7 @@ class LatestFrameSource:
             if self.on_reconnect:
                 self.on_reconnect()
             log.warning("source %s lost; reconnecting", describe(self.source))
+            lost = True
 
     def _read(self, cap: cv2.VideoCapture) -> bool:
         """Read until the source fails (False) or a file ends without looping (True)."""

@@ -6,15 +6,19 @@ import argparse
 import json
 import logging
 import secrets
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Optional
 
+from pydantic import ValidationError
+
 from edge_agent.config import CameraConfig, Config, ConfigError, load_config
 from edge_agent.enroll import EnrolError, embed_photos
 from edge_agent.models.files import ModelFileError
+from edge_agent.preflight import PreflightError, check_process, check_run
 from edge_agent.registry import Registry, RegistryError
 from edge_agent.sdnotify import Notifier, Watchdog
 
@@ -29,28 +33,45 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def cmd_run(config: Config, args: argparse.Namespace) -> int:
-    import uvicorn
+def _option(option: str, apply):
+    """Apply a command-line override; a value the config refuses is an error naming the option."""
+    try:
+        return apply()
+    except ValidationError as exc:
+        raise UsageError(f"{option}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from edge_agent import http_server
     from edge_agent.api import create_app
     from edge_agent.service import Agent
 
     if args.source is not None:
-        config.cameras = {args.camera: CameraConfig(source=args.source)}
+        camera = _option("--source", lambda: CameraConfig(source=args.source))
+        _option("--camera", lambda: setattr(config, "cameras", {args.camera: camera}))
     if args.host:
-        config.api.host = args.host
+        _option("--host", lambda: setattr(config.api, "host", args.host))
     if args.port is not None:
-        config.api.port = args.port
+        _option("--port", lambda: setattr(config.api, "port", args.port))
     if not config.cameras:
         raise UsageError("no camera configured: pass --source PATH|URL|INDEX or add cameras: to the config")
+    check_run(config)
+    http_server.check_tls(config.api)
+    http_server.ensure_file_limit(config.api)
+    listener = http_server.bind(config.api.host, config.api.port)  # a busy port fails here, before the models load
+    port = listener.getsockname()[1]
     token = config.api.token
     generated = not token
     if generated:
         token = secrets.token_urlsafe(24)
         print("No API token configured (api.token or EDGE_AGENT_TOKEN): generated one for this run.", file=sys.stderr)
-    agent = Agent(config)
-    app = create_app(agent, token)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.api.host, port=config.api.port, log_level="warning", access_log=False))
+    try:
+        agent = Agent(config)
+    except BaseException:
+        listener.close()
+        raise
+    app = create_app(agent, token, config.api)
+    server = http_server.build_server(app, config.api)
     notifier = Notifier()
     watchdog = Watchdog(notifier, None, agent.alive)
     agent.start()
@@ -62,16 +83,27 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         watchdog.start()
 
     threading.Thread(target=announce_ready, name="sd-ready", daemon=True).start()
+
+    def on_exit() -> None:  # SIGTERM/SIGINT: tell systemd at once, end open streams
+        notifier.stopping("stopping")
+        app.state.closing.set()
+
+    server.on_exit = on_exit
     host = "127.0.0.1" if config.api.host in ("0.0.0.0", "::") else config.api.host
+    host = f"[{host}]" if ":" in host else host
     # A configured token is a secret of the deployment: it never goes to stdout (the journal).
     fragment = f"#token={token}" if generated else ""
-    print(f"edge-agent: live anonymized view at http://{host}:{config.api.port}/{fragment}", flush=True)
+    scheme = "https" if config.api.tls_cert else "http"
+    print(f"edge-agent: live anonymized view at {scheme}://{host}:{port}/{fragment}", flush=True)
     try:
-        server.run()
+        server.run(sockets=[listener])
     finally:
-        notifier.stopping()
+        # Reached on SIGTERM too (systemctl stop): ApiServer does not re-raise the signal.
+        if server.stop_signal is None:
+            notifier.stopping("stopping")
         watchdog.stop()
         agent.stop()
+        log.info("stopped (%s)", signal.Signals(server.stop_signal).name if server.stop_signal else "server ended")
     return 0
 
 
@@ -79,11 +111,16 @@ def cmd_process(config: Config, args: argparse.Namespace) -> int:
     from edge_agent.process import process_file
     from edge_agent.service import Models
 
+    stats_json = Path(args.stats_json) if args.stats_json else None
+    check_process(Path(args.input), Path(args.output), args.max_frames, stats_json)
     models = Models(config)
     result = process_file(models, Path(args.input), Path(args.output), progress=not args.quiet, max_frames=args.max_frames)
     summary = {"input": args.input, "output": args.output, "frames": result.frames, "seconds": round(result.seconds, 3), "fps": round(result.fps, 2), **result.stats}
-    if args.stats_json:
-        Path(args.stats_json).write_text(json.dumps(summary, indent=2))
+    if stats_json:
+        try:
+            stats_json.write_text(json.dumps(summary, indent=2))
+        except OSError as exc:
+            raise UsageError(f"--stats-json: cannot write {stats_json}: {exc.strerror or exc} (the output {args.output} was written)") from None
     if not args.quiet:
         lat = result.stats.get("latency_ms", {})
         print(
@@ -157,8 +194,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         config = load_config(args.config)
         _setup_logging(config.log_level)
         return args.func(config, args)
-    except (ConfigError, ModelFileError, EnrolError, RegistryError, UsageError, ValueError) as exc:
+    except (ConfigError, ModelFileError, EnrolError, RegistryError, UsageError, PreflightError, ValueError) as exc:
         print(f"edge-agent: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the user named cannot be read or written: say which, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"edge-agent: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -119,6 +119,25 @@ class ApiConfig(Strict):
     port: int = Field(8080, ge=0, le=65535)
     token: Optional[str] = None
     mjpeg_max_fps: float = Field(15, gt=0)
+    allowed_hosts: list[str] = Field(
+        [], description="extra Host names the API answers to (besides localhost and the bind address): others are refused (DNS rebinding)"
+    )
+    max_header_bytes: int = Field(16384, ge=1024, le=1 << 20, description="request line + headers; larger requests get a 400 unread")
+    header_timeout_s: float = Field(10, gt=0, le=300, description="a request head not complete by then closes the connection")
+    keepalive_timeout_s: int = Field(5, ge=1, le=300, description="idle keep-alive connections close after this")
+    max_connections: int = Field(512, ge=1, le=65536, description="past it a new connection closes the longest-idle one (503 when all are busy); kept below the open-file limit")
+    session_ttl_s: int = Field(900, ge=60, le=86400, description="life of the page's session cookie (renewed while the page is open)")
+    tls_cert: Optional[Path] = Field(None, description="PEM certificate: serve HTTPS (with tls_key)")
+    tls_key: Optional[Path] = Field(None, description="PEM private key of tls_cert")
+
+    @model_validator(mode="after")
+    def _tls_pair(self):
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        return self
 
 
 _TOPIC_PART = re.compile(r"^[A-Za-z0-9_\-.]+(/[A-Za-z0-9_\-.]+)*$")
@@ -251,6 +270,8 @@ def load_config(path: Optional[Path] = None, env: Optional[dict] = None) -> Conf
             text = Path(path).read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not a text (UTF-8 YAML) file") from None
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

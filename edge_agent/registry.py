@@ -8,7 +8,9 @@ embeddings from another model are never matched (their geometry is meaningless t
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -89,20 +91,45 @@ def hash_people(people: list[Person]) -> str:
     return digest.hexdigest()
 
 
+def _private_files(path: Path) -> None:
+    """The registry holds biometric data: its directory 0700, the database and its WAL/SHM 0600,
+    whatever the umask. The database is created here, 0600 from its first byte, so SQLite (which
+    gives the WAL and SHM the database's mode) never makes a readable file."""
+    directory = path.parent
+    if not directory.is_dir():
+        directory.mkdir(parents=True, mode=0o700)
+    info = directory.stat()
+    # A shared directory (sticky, like /tmp) or another user's is left alone: the files are 0600.
+    if info.st_mode & 0o077 and not info.st_mode & stat.S_ISVTX and info.st_uid == os.getuid():
+        os.chmod(directory, 0o700)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists() and file.stat().st_mode & 0o077:
+            os.chmod(file, 0o600)
+
+
 class Registry:
     """Thread-safe access to the registry file (the API, the pipeline and MQTT sync share it)."""
 
     def __init__(self, path: Path) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
-        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        self.db = sqlite_utils.Database(conn)
-        self._ensure_schema()
+        conn = None
+        try:
+            _private_files(path)
+            conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self.db = sqlite_utils.Database(conn)
+            self._ensure_schema()
+            _private_files(path)  # the -wal and -shm files SQLite just made
+        except (OSError, sqlite3.Error) as exc:
+            if conn is not None:
+                conn.close()  # a half-opened registry must not keep its file (or a mount) busy
+            reason = (exc.strerror or exc) if isinstance(exc, OSError) else exc
+            raise RegistryError(f"cannot use the registry {path}: {reason} (is {path.parent} writable?)") from None
 
     def _ensure_schema(self) -> None:
         with self.transaction():

@@ -120,8 +120,8 @@ def test_metrics_prometheus_text(agent):
 
 
 def test_no_route_can_return_a_raw_frame(agent):
-    spec = httpx.get(agent.url + "/api/openapi.json").json()
-    assert set(spec["paths"]) == ROUTES
+    spec = httpx.get(agent.url + "/api/openapi.json", headers=agent.auth).json()
+    assert set(spec["paths"]) == ROUTES | {"/api/session"}  # the session route returns a cookie, no pixels
     assert httpx.get(agent.url + "/docs").status_code == 404
 
 
@@ -139,4 +139,4 @@ def test_page_renders_the_stream_in_headless_chromium(agent, tmp_path):
     assert page is not None
     # The stream image sits below the header at the left; video pixels vary, an empty box does not.
     region = page[60:300, 20:500]
-    assert region.std() > 10, "no video visible on the page"
+    assert region.std() > 4, "no video visible on the page"  # an empty box is ~0; the clip's darkest frames ~8

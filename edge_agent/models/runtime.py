@@ -14,6 +14,10 @@ import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
+# Belt and braces beside ORT_DISABLE_TELEMETRY (edge_agent/__init__.py): also off when something
+# imported onnxruntime before this package.
+ort.disable_telemetry_events()
+
 # Config name -> onnxruntime provider, in order of preference for "auto".
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
