@@ -44,9 +44,9 @@ def load_detector(config: Config) -> Detector:
         return detector
     if yunet.fixed is not None and cfg.max_tiles:
         log.warning("%s has a fixed input shape: no tiles, faces under %.0f px of a large frame are missed", cfg.file, cfg.min_face_px)
-    if cfg.max_tiles == 0 or yunet.fixed is not None:
+    if yunet.fixed is not None:
         return yunet
-    return TiledDetector(yunet, cfg.min_face_px, cfg.max_tiles, cfg.tile_size, cfg.tile_batch)
+    return TiledDetector(yunet, cfg.min_face_px, cfg.max_tiles, cfg.tile_size, cfg.tile_batch, cfg.border_score_threshold)
 
 
 def embedding_space(embedder: ArcFaceEmbedder, path: Path) -> str:

@@ -115,9 +115,13 @@ def merge(boxes: np.ndarray, scores: np.ndarray, cut: np.ndarray, nms_threshold:
 
 
 class TiledDetector:
-    """YuNet over a frame at the resolution its faces need (see the module docstring)."""
+    """YuNet over a frame at the resolution its faces need (see the module docstring).
 
-    def __init__(self, yunet: YuNet, min_face_px: float, max_tiles: int, tile_size: int, batch: int) -> None:
+    Candidates whose box reaches the frame border are kept down to ``border_score_threshold``:
+    a head cut by the border (often in profile) scores 0.2-0.45 where YuNet gives a whole face
+    0.5-0.9 (demo clip, frames 52-61), and a stray redaction at the border costs little."""
+
+    def __init__(self, yunet: YuNet, min_face_px: float, max_tiles: int, tile_size: int, batch: int, border_score_threshold: float | None = None) -> None:
         if yunet.fixed is not None:
             raise ValueError("tiling needs a dynamic-shape YuNet export (e.g. yunet_s_dynamic.onnx)")
         self.yunet = yunet
@@ -125,6 +129,7 @@ class TiledDetector:
         self.max_tiles = max_tiles
         self.tile_size = tile_size
         self.batch = batch
+        self.border_threshold = min(yunet.score_threshold, border_score_threshold or yunet.score_threshold)
         self._plans: dict[tuple[int, int], TilePlan] = {}
 
     def plan(self, width: int, height: int) -> TilePlan:
@@ -147,9 +152,7 @@ class TiledDetector:
             raise ValueError("detector expects a BGR uint8 image")
         h, w = frame.shape[:2]
         plan = self.plan(w, h)
-        if not plan.tiles:
-            return self.yunet.detect(frame)
-        parts = [self._whole(frame, plan)] + self._tiles(frame, plan)
+        parts = [self._whole(frame, plan)] + (self._tiles(frame, plan) if plan.tiles else [])
         boxes = np.concatenate([p[0] for p in parts])
         if not len(boxes):
             return []
@@ -163,15 +166,22 @@ class TiledDetector:
                 faces.append(Face(box=b.astype(np.float32), landmarks=landmarks[i].astype(np.float32), score=float(scores[i])))
         return faces
 
-    def _nms(self, boxes, landmarks, scores):
+    def _accepted(self, plan: TilePlan, boxes, landmarks, scores):
+        """Frame-pixel candidates over the score threshold, or over the border one at the border; NMS."""
+        at_border = (boxes[:, 0] <= 2) | (boxes[:, 1] <= 2) | (boxes[:, 2] >= plan.width - 2) | (boxes[:, 3] >= plan.height - 2)
+        keep = (scores >= self.yunet.score_threshold) | (at_border & (scores >= self.border_threshold))
+        boxes, landmarks, scores = boxes[keep], landmarks[keep], scores[keep]
+        if not len(scores):
+            return boxes, landmarks, scores
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-        keep = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.yunet.score_threshold, self.yunet.nms_threshold), int).reshape(-1)
+        keep = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.border_threshold, self.yunet.nms_threshold), int).reshape(-1)
         return boxes[keep], landmarks[keep], scores[keep]
 
     def _whole(self, frame: np.ndarray, plan: TilePlan):
         canvas, scale = self.yunet._canvas(frame)
-        boxes, landmarks, scores = self._nms(*self.yunet.raw(canvas[None])[0])
-        return boxes / scale, landmarks / scale, scores, np.zeros(len(scores), bool)
+        boxes, landmarks, scores = self.yunet.raw(canvas[None], self.border_threshold)[0]
+        boxes, landmarks, scores = self._accepted(plan, boxes / scale, landmarks / scale, scores)
+        return boxes, landmarks, scores, np.zeros(len(scores), bool)
 
     def _tiles(self, frame: np.ndarray, plan: TilePlan) -> list:
         th, tw = plan.canvas
@@ -189,16 +199,14 @@ class TiledDetector:
             canvases[n, : crop.shape[0], : crop.shape[1]] = crop
         raw = []
         for start in range(0, len(canvases), self.batch):
-            raw.extend(self.yunet.raw(canvases[start : start + self.batch]))
+            raw.extend(self.yunet.raw(canvases[start : start + self.batch], self.border_threshold))
         margin = 2.0 / s + 1.0
         out = []
         for (x0, y0, x1, y1), (boxes, landmarks, scores) in zip(plan.tiles, raw):
+            ox, oy = round(x0 * s) / s, round(y0 * s) / s  # the crop's true origin in frame px
+            boxes, landmarks, scores = self._accepted(plan, boxes / s + [ox, oy, ox, oy], landmarks / s + [ox, oy], scores)
             if not len(scores):
                 continue
-            boxes, landmarks, scores = self._nms(boxes, landmarks, scores)
-            ox, oy = round(x0 * s) / s, round(y0 * s) / s  # the crop's true origin in frame px
-            boxes = boxes / s + [ox, oy, ox, oy]
-            landmarks = landmarks / s + [ox, oy]
             cut = (
                 ((x0 > 0) & (boxes[:, 0] <= x0 + margin))
                 | ((y0 > 0) & (boxes[:, 1] <= y0 + margin))
