@@ -41,7 +41,7 @@ class DetectorConfig(Strict):
         20, ge=10, le=1000, description="smallest face (frame px) to find; larger frames get tiles at the scale this needs"
     )
     max_tiles: int = Field(12, ge=0, le=256, description="per-frame tile budget; past it the tile scale drops (warned); 0 = whole frame only")
-    tile_size: int = Field(1024, ge=128, le=4096, multiple_of=32, description="largest tile canvas side (px); tiles of a frame are equal, run as batches")
+    tile_size: int = Field(1280, ge=128, le=4096, multiple_of=32, description="largest tile canvas side (px); tiles of a frame are equal, run as batches")
     tile_batch: int = Field(4, ge=1, le=64, description="tiles per detector run (a TensorRT profile's batch)")
     border_score_threshold: float = Field(
         0.2, gt=0, lt=1, description="faces reaching the frame border (cut heads, often in profile) are kept down to this score"

@@ -1,8 +1,9 @@
 """Detection recall of the agent's detector stack against detectors the agent does not run.
 
-The reference is the union of dlib's CNN (MMOD) and HOG detectors and OpenCV's Haar frontal and
-profile cascades (both orientations), each at the source photo's full resolution. None shares
-weights or training data with YuNet. Mosaics (4K, 1080p) are built at run time from the shared
+The reference is the union of dlib's CNN (MMOD) and HOG detectors, each at the source image's full
+resolution. Neither shares weights or training data with YuNet. (OpenCV 5, which the agent pins,
+no longer ships the Haar cascades.) HOG is a frontal detector; a face only the CNN finds is
+counted as *non-frontal* (turned, tilted or partly hidden), the pose split of the report. Mosaics (4K, 1080p) are built at run time from the shared
 crowd photos, so their reference boxes are the source photos' boxes mapped through the same
 resize: no detector is run on the mosaic for the reference.
 
@@ -37,8 +38,8 @@ class Reference:
         return float(self.box[2] - self.box[0])
 
     @property
-    def profile_only(self) -> bool:
-        return all(s.startswith("haar-profile") for s in self.sources)
+    def non_frontal(self) -> bool:
+        return self.sources == ("cnn",)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -84,13 +85,12 @@ def face_changed(original: np.ndarray, output: np.ndarray, box, fraction: float 
 
 
 class ReferenceDetectors:
-    """dlib CNN + HOG and OpenCV Haar cascades; which ones run is chosen by name."""
+    """dlib's CNN and HOG detectors; which ones run is chosen by name."""
 
-    def __init__(self, use: Iterable[str] = ("cnn", "hog", "haar")) -> None:
+    def __init__(self, use: Iterable[str] = ("cnn", "hog")) -> None:
         import dlib
 
         self.use = set(use)
-        self.dlib = dlib
         self.hog = dlib.get_frontal_face_detector() if "hog" in self.use else None
         self.cnn = None
         if "cnn" in self.use:
@@ -98,10 +98,6 @@ class ReferenceDetectors:
             if spec is None or not spec.submodule_search_locations:
                 raise ModuleNotFoundError("face_recognition_models is not installed (pip install -r requirements/eval.txt)")
             self.cnn = dlib.cnn_face_detection_model_v1(str(Path(next(iter(spec.submodule_search_locations))) / "models" / MMOD))
-        self.haar = {}
-        if "haar" in self.use:
-            for name, file in (("haar-frontal", "haarcascade_frontalface_default.xml"), ("haar-profile", "haarcascade_profileface.xml")):
-                self.haar[name] = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / file))
 
     def detect(self, bgr: np.ndarray, upsample: int = 1) -> list[tuple[str, np.ndarray]]:
         """(detector name, box) for everything each reference detector finds."""
@@ -110,39 +106,22 @@ class ReferenceDetectors:
         if self.hog is not None:
             out += [("hog", np.array([r.left(), r.top(), r.right(), r.bottom()], np.float32)) for r in self.hog(rgb, upsample)]
         if self.cnn is not None:
-            # MMOD finds faces from ~40 px; upsampling costs 4x per step (27 s for a 1024 px photo).
+            # MMOD finds faces from ~40 px; each upsampling step costs 4x (27 s for a 1024 px photo here).
             out += [("cnn", np.array([r.rect.left(), r.rect.top(), r.rect.right(), r.rect.bottom()], np.float32)) for r in self.cnn(rgb, 0)]
-        gray = cv2.equalizeHist(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
-        w = gray.shape[1]
-        for name, cascade in self.haar.items():
-            for flipped in (False, True) if name == "haar-profile" else (False,):
-                image = gray[:, ::-1] if flipped else gray
-                # minNeighbors 6: the cascades' own false positives would otherwise dominate the union.
-                for x, y, bw, bh in cascade.detectMultiScale(np.ascontiguousarray(image), 1.1, 6, minSize=(20, 20)):
-                    x1 = w - x - bw if flipped else x
-                    out.append((name + ("-flipped" if flipped else ""), np.array([x1, y, x1 + bw, y + bh], np.float32)))
         return out
 
 
-def union(detections: list[tuple[str, np.ndarray]], need: Callable[[tuple[str, ...]], bool]) -> list[Reference]:
-    """Clusters of overlapping boxes (IoU >= 0.3) from the detectors; a cluster counts when
-    ``need`` accepts its set of sources (e.g. dlib alone, or two Haar cascades agreeing)."""
-    order = sorted(range(len(detections)), key=lambda i: ("cnn", "hog").index(detections[i][0]) if detections[i][0] in ("cnn", "hog") else 2)
+def union(detections: list[tuple[str, np.ndarray]]) -> list[Reference]:
+    """Clusters of overlapping boxes (IoU >= 0.3) from the detectors, the CNN's box first."""
     clusters: list[tuple[np.ndarray, list[str]]] = []
-    for i in order:
-        name, box = detections[i]
+    for name, box in sorted(detections, key=lambda d: d[0] != "cnn"):
         for cbox, names in clusters:
             if _iou(box[None], cbox[None])[0, 0] >= 0.3:
                 names.append(name)
                 break
         else:
             clusters.append((box, [name]))
-    return [Reference(box, tuple(sorted(set(names)))) for box, names in clusters if need(tuple(sorted(set(names))))]
-
-
-def trusted(sources: tuple[str, ...]) -> bool:
-    """dlib (CNN or HOG) alone is trusted; a Haar-only face needs two cascades or a second hit."""
-    return any(s in ("cnn", "hog") for s in sources) or len(sources) >= 2
+    return [Reference(box, tuple(sorted(set(names)))) for box, names in clusters]
 
 
 def build_mosaic(photos: list[np.ndarray], refs: list[list[Reference]], size: tuple[int, int], grid: tuple[int, int]) -> tuple[np.ndarray, list[Reference]]:

@@ -159,12 +159,25 @@ class TiledDetector:
         landmarks = np.concatenate([p[1] for p in parts])
         scores = np.concatenate([p[2] for p in parts])
         cut = np.concatenate([p[3] for p in parts])
+        kept = merge(boxes, scores, cut, self.yunet.nms_threshold)
         faces = []
-        for i in merge(boxes, scores, cut, self.yunet.nms_threshold):
+        for i in self._without_weak_overlaps(boxes, scores, kept):
             b = np.clip(boxes[i], 0, [w, h, w, h])
             if b[2] - b[0] >= 2 and b[3] - b[1] >= 2:
                 faces.append(Face(box=b.astype(np.float32), landmarks=landmarks[i].astype(np.float32), score=float(scores[i])))
         return faces
+
+    def _without_weak_overlaps(self, boxes: np.ndarray, scores: np.ndarray, kept: np.ndarray) -> np.ndarray:
+        """Drops border-only (low-score) boxes that touch a confident face: there they are an
+        echo of it, and their redaction would spill over a registered person beside them."""
+        confident = kept[scores[kept] >= self.yunet.score_threshold]
+        out = [i for i in kept if scores[i] >= self.yunet.score_threshold]
+        for i in kept[scores[kept] < self.yunet.score_threshold]:
+            c = boxes[confident]
+            touches = (c[:, 0] < boxes[i, 2]) & (c[:, 2] > boxes[i, 0]) & (c[:, 1] < boxes[i, 3]) & (c[:, 3] > boxes[i, 1])
+            if not touches.any():
+                out.append(int(i))
+        return np.asarray(out, int)
 
     def _accepted(self, plan: TilePlan, boxes, landmarks, scores):
         """Frame-pixel candidates over the score threshold, or over the border one at the border; NMS."""
