@@ -247,7 +247,7 @@ def write_report(out: Path, evaluation: dict, config: Config, command: str) -> d
         "image's full resolution; *non-frontal* = found by the CNN but not by the frontal HOG detector. Mosaic references "
         "are the source photos' boxes mapped through the "
         "mosaic's resize. *found*: a detection overlaps the face (IoU >= 0.3 or covers half of it). *changed*: after the "
-        "agent's pipeline (recognition off, pixelate), at least half of the pixels inside the reference box differ.",
+        f"agent's pipeline (recognition off, anonymizer {config.anonymizer.mode}), at least half of the pixels inside the reference box differ.",
         "",
         f"Detector stack: min_face_px {det.min_face_px:g}, max_tiles {det.max_tiles}, tile_size {det.tile_size}, "
         f"score_threshold {det.score_threshold}, border_score_threshold {det.border_score_threshold}.",
