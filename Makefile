@@ -75,6 +75,8 @@ test: setup
 
 bench: setup bench-venv ## speed figures: pipeline vs deface, models FP32 vs INT8, sync, API server, anonymizer
 	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate
+	$(PY) benchmarks/bench_pipeline.py --resize 1920x1080 --config $(CONFIG) --label "$(DEVICE) config, 1080p" --config benchmarks/pixelate.yaml --label "pixelate, 1080p"
+	$(PY) benchmarks/bench_detection.py --config $(CONFIG)
 	$(PY) benchmarks/bench_models.py --models $(MODELS)
 	$(PY) benchmarks/bench_sync.py
 	$(PY) benchmarks/bench_http.py

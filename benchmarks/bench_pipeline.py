@@ -40,6 +40,24 @@ def frame_count(video: Path) -> int:
     return count
 
 
+def resized(video: Path, size: str, work: Path) -> Path:
+    """The clip scaled to ``size`` ("WxH"), written once into ``work`` (never into the repository)."""
+    import cv2
+
+    width, height = (int(v) for v in size.lower().split("x"))
+    out = work / f"{video.stem}_{width}x{height}.mp4"
+    cap = cv2.VideoCapture(str(video))
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), cap.get(cv2.CAP_PROP_FPS) or 25.0, (width, height))
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        writer.write(cv2.resize(frame, (width, height), interpolation=cv2.INTER_CUBIC))
+    cap.release()
+    writer.release()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     shared = os.environ.get("EDGE_AGENT_SHARED_DIR")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,13 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deface", default=str(ROOT / ".venv-bench/bin/deface"))
     parser.add_argument("--config", type=Path, action="append", default=[], help="agent config (repeatable, e.g. device_configs/x86-cpu.yaml)")
     parser.add_argument("--label", action="append", default=[], help="name of each --config in the table (same order)")
+    parser.add_argument("--resize", metavar="WxH", help="first scale the clip to this size (e.g. 1920x1080); both tools get the scaled file")
     args = parser.parse_args(argv)
     configs = args.config or [None]
     labels = args.label + [str(c.stem) if c else "defaults" for c in configs[len(args.label):]]
     if args.video is None or not args.video.is_file():
         parser.error("give --video or set EDGE_AGENT_SHARED_DIR")
-    frames = frame_count(args.video)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
+    if args.resize:
+        args.video = resized(args.video, args.resize, work)
+    frames = frame_count(args.video)
     env = {**os.environ, "EDGE_AGENT_DATA_DIR": str(work / "data")}
     def agent(config: Path | None) -> list[str]:
         return [sys.executable, "-m", "edge_agent"] + (["--config", str(config)] if config else [])

@@ -16,6 +16,8 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge_agent.image_size import DEFAULT_MAX_PIXELS
+
 Backend = Literal["auto", "cpu", "cuda", "tensorrt"]
 
 
@@ -35,6 +37,21 @@ class DetectorConfig(Strict):
     score_threshold: float = Field(0.5, gt=0, lt=1)
     nms_threshold: float = Field(0.3, gt=0, lt=1)
     max_side: int = Field(640, ge=64, le=4096)
+    min_face_px: float = Field(
+        20, ge=10, le=1000, description="smallest face (frame px) to find; larger frames get tiles at the scale this needs"
+    )
+    max_tiles: int = Field(12, ge=0, le=256, description="per-frame tile budget; past it the tile scale drops (warned); 0 = whole frame only")
+    tile_size: int = Field(1280, ge=128, le=4096, multiple_of=32, description="largest tile canvas side (px); tiles of a frame are equal, run as batches")
+    tile_batch: int = Field(4, ge=1, le=64, description="tiles per detector run (a TensorRT profile's batch)")
+    border_score_threshold: float = Field(
+        0.2, gt=0, lt=1, description="faces reaching the frame border (cut heads, often in profile) are kept down to this score"
+    )
+
+    @model_validator(mode="after")
+    def _border_below_score(self):
+        if self.border_score_threshold > self.score_threshold:
+            raise ValueError("border_score_threshold cannot exceed score_threshold")
+        return self
 
 
 class EmbedderConfig(Strict):
@@ -111,6 +128,9 @@ class AnonymizerConfig(Strict):
 
 class PipelineConfig(Strict):
     frame_timeout_ms: float = Field(1000, gt=0, description="a frame not filtered by then leaves fully redacted")
+    max_frame_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1_000_000, description="larger images are refused before decoding; larger frames leave fully redacted"
+    )
     jpeg_quality: int = Field(85, ge=10, le=100)
 
 

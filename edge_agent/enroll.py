@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from edge_agent.image_size import DEFAULT_MAX_PIXELS, image_size
 from edge_agent.models.arcface import ArcFaceEmbedder
 from edge_agent.models.loader import Detector
 
@@ -15,13 +17,25 @@ class EnrolError(Exception):
     """A photo that cannot be used, with the reason."""
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``path``; refuse before decoding when its header says it exceeds ``max_pixels``
+    (memory stays bounded) or when no size can be read from it."""
     path = Path(path)
     if not path.is_file():
         raise EnrolError(f"{path}: no such file")
+    try:
+        size = image_size(path)
+    except (OSError, struct.error) as exc:
+        raise EnrolError(f"{path}: not a readable image ({exc})") from None
+    if size is None:
+        raise EnrolError(f"{path}: not a readable image (PNG, JPEG, BMP, WebP or TIFF)")
+    if size[0] * size[1] > max_pixels:
+        raise EnrolError(f"{path}: {size[0]}x{size[1]} is {size[0] * size[1]:,} pixels, over the limit of {max_pixels:,} (pipeline.max_frame_pixels); refused, nothing written")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise EnrolError(f"{path}: not a readable image")
+    if image.shape[0] * image.shape[1] > max_pixels:  # a header that lied
+        raise EnrolError(f"{path}: decodes to {image.shape[1]}x{image.shape[0]}, over the limit of {max_pixels:,} pixels; refused")
     return image
 
 

@@ -60,11 +60,14 @@ class FramePipeline:
         self.max_null_similarity = recognition.max_null_similarity
         self.policy = VotePolicy(recognition, config.tracker.reverify_iou)
         self.tracker = IouTracker(config.tracker.iou_match, config.tracker.hold_frames)
+        self.max_frame_pixels = config.pipeline.max_frame_pixels
         self._gallery = None
 
     def filter(self, frame: np.ndarray) -> np.ndarray:
         """Anonymize ``frame`` in place and return it; raises if any stage fails."""
         stats = self.stats
+        if frame.shape[0] * frame.shape[1] > self.max_frame_pixels:  # FailClosed redacts it whole
+            raise ValueError(f"frame {frame.shape[1]}x{frame.shape[0]} over pipeline.max_frame_pixels")
         with stats.timed("detect"):
             faces = self.detector.detect(frame)
         with stats.timed("track"):

@@ -39,7 +39,7 @@ def process_file(models: Models, source: Path, output: Path, progress: bool = Tr
     output.parent.mkdir(parents=True, exist_ok=True)
     stats = CameraStats(source.stem)
     if source.suffix.lower() in IMAGE_SUFFIXES:
-        image = read_image(source)
+        image = read_image(source, models.config.pipeline.max_frame_pixels)
         # A still photo has no temporal evidence to gather: one confident recognition decides.
         guard = models.pipeline(stats, min_votes=1)
         start = time.perf_counter()
@@ -54,6 +54,11 @@ def process_file(models: Models, source: Path, output: Path, progress: bool = Tr
         cap = open_capture(str(source))
     except SourceError as exc:
         raise EnrolError(str(exc)) from None
+    width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    limit = models.config.pipeline.max_frame_pixels
+    if width * height > limit:
+        cap.release()
+        raise EnrolError(f"{source}: {width}x{height} frames are {width * height:,} pixels, over the limit of {limit:,} (pipeline.max_frame_pixels); refused, nothing written")
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     if max_frames:

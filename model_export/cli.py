@@ -1,8 +1,9 @@
-"""``python -m model_export <step>``: quantize, build-engine, verify.
+"""``python -m model_export <step>``: quantize, build-engine, verify, recall.
 
     python -m model_export quantize --calib /data/frames /data/videos/*.mp4
     python -m model_export build-engine --precision fp16 int8
     python -m model_export verify --shared "$EDGE_AGENT_SHARED_DIR" --out reports/quantization
+    python -m model_export recall --config device_configs/x86-cpu.yaml --out reports/detection
 
 The model directory is ``--models``, else ``$EDGE_AGENT_MODELS``, else ``./models``.
 Exit status: 0 done, 1 the step failed (message on stderr), 2 bad arguments.
@@ -295,7 +296,41 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--engine-embedder")
     v.add_argument("--strict", action="store_true", help="exit 3 when a model misses its budget")
     v.set_defaults(func=cmd_verify)
+
+    r = sub.add_parser("recall", help="recall of the configured detector stack vs dlib CNN + HOG (independent), and faces changed: Markdown + plots")
+    r.add_argument("--config", help="agent config whose detector stack is measured (default: built-in defaults)")
+    r.add_argument("--shared", default=os.environ.get("EDGE_AGENT_SHARED_DIR"), help="data folder with faces/crowds and video/ (default $EDGE_AGENT_SHARED_DIR)")
+    r.add_argument("--models", help="model directory (default $EDGE_AGENT_MODELS or ./models)")
+    r.add_argument("--out", default="reports/detection", help="report directory (default reports/detection)")
+    r.add_argument("--cache", default=str(Path.home() / ".cache/edge-agent/recall"), help="reference boxes cached here (the CNN takes ~7 s a photo)")
+    r.add_argument("--reference", nargs="+", choices=("cnn", "hog"), default=["cnn", "hog"])
+    r.add_argument("--every", nargs=2, type=_positive, default=[10, 50], metavar=("N_HAMILTON", "N_CORRIDOR"), help="sample every Nth frame of the two clips")
+    r.add_argument("--max-photos", type=int, default=0, help="only the first N crowd photos (0 = all)")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_recall)
     return parser
+
+
+def cmd_recall(args) -> int:
+    from edge_agent.config import ConfigError, load_config
+    from model_export import recall_report
+
+    if not args.shared or not Path(args.shared).is_dir():
+        raise CliError("give --shared DIR (or set EDGE_AGENT_SHARED_DIR): the crowd photos and clips are read from it")
+    try:
+        config = load_config(Path(args.config) if args.config else None, env={"EDGE_AGENT_MODELS": str(_models_dir(args.models))})
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        evaluation = recall_report.evaluate(args, config)
+    except ModuleNotFoundError as exc:
+        raise CliError(f"{exc} (the reference detectors come from requirements/eval.txt)") from None
+    command = "python -m model_export recall" + (f" --config {args.config}" if args.config else "")
+    summary = recall_report.write_report(Path(args.out), evaluation, config, command)
+    for name, row in summary["sets"].items():
+        print(f"{name}: found {row['configured stack']['found_ge20']:.3f}, changed {row['changed_ge20']:.3f} (faces >= 20 px: {row['configured stack']['faces_ge20']})")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -16,6 +16,7 @@ from edge_agent.config import Config
 from edge_agent.faces import Face
 from edge_agent.models.arcface import ArcFaceEmbedder
 from edge_agent.models.files import ModelFileError, model_signature, resolve
+from edge_agent.models.tiling import TiledDetector
 from edge_agent.models.yunet import YuNet
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def load_detector(config: Config) -> Detector:
     cfg = config.models.detector
     kwargs = dict(score_threshold=cfg.score_threshold, nms_threshold=cfg.nms_threshold, max_side=cfg.max_side, backend=cfg.backend, threads=cfg.threads)
     try:
-        return YuNet(resolve(config.models.dir, cfg.file), **kwargs)
+        yunet = YuNet(resolve(config.models.dir, cfg.file), **kwargs)
     except ModelFileError as primary:
         from edge_agent.models.centerface import CenterFace  # imports onnx: only when needed
 
@@ -41,6 +42,11 @@ def load_detector(config: Config) -> Detector:
             raise ModelFileError(f"no face detector can be loaded: {primary}; fallback: {fallback}") from None
         log.warning("YuNet unavailable (%s); detecting with the CenterFace fallback", primary)
         return detector
+    if yunet.fixed is not None and cfg.max_tiles:
+        log.warning("%s has a fixed input shape: no tiles, faces under %.0f px of a large frame are missed", cfg.file, cfg.min_face_px)
+    if yunet.fixed is not None:
+        return yunet
+    return TiledDetector(yunet, cfg.min_face_px, cfg.max_tiles, cfg.tile_size, cfg.tile_batch, cfg.border_score_threshold)
 
 
 def embedding_space(embedder: ArcFaceEmbedder, path: Path) -> str:

@@ -52,41 +52,56 @@ class YuNet:
         canvas[: resized.shape[0], : resized.shape[1]] = resized
         return canvas, scale
 
+    def raw(self, canvases: np.ndarray, score_threshold: float | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Candidates before NMS for a batch ``[N, H, W, 3]`` of equal canvases (multiples of 32),
+        in canvas pixels: one (boxes [K, 4], landmarks [K, 5, 2], scores [K]) per canvas.
+
+        Tiles of one size share a single run: one call instead of N on the CPU, one TensorRT batch."""
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        blob = canvases.transpose(0, 3, 1, 2).astype(np.float32)
+        outputs = dict(zip(self.output_names, self.session.run(None, {self.input_name: blob})))
+        cw = canvases.shape[2]
+        results = []
+        for n in range(canvases.shape[0]):
+            boxes, landmarks, scores = [], [], []
+            for stride in STRIDES:
+                cols = cw // stride
+                cls = outputs[f"cls_{stride}"][n, :, 0]
+                obj = outputs[f"obj_{stride}"][n, :, 0]
+                score = np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1))
+                keep = np.nonzero(score >= threshold)[0]
+                if keep.size == 0:
+                    continue
+                gx = (keep % cols).astype(np.float32)
+                gy = (keep // cols).astype(np.float32)
+                bbox = outputs[f"bbox_{stride}"][n, keep]
+                kps = outputs[f"kps_{stride}"][n, keep].reshape(-1, 5, 2)
+                cx = (gx + bbox[:, 0]) * stride
+                cy = (gy + bbox[:, 1]) * stride
+                bw = np.exp(bbox[:, 2]) * stride
+                bh = np.exp(bbox[:, 3]) * stride
+                boxes.append(np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1))
+                pts = np.empty_like(kps)
+                pts[..., 0] = (gx[:, None] + kps[..., 0]) * stride
+                pts[..., 1] = (gy[:, None] + kps[..., 1]) * stride
+                landmarks.append(pts)
+                scores.append(score[keep])
+            if boxes:
+                results.append((np.concatenate(boxes), np.concatenate(landmarks), np.concatenate(scores)))
+            else:
+                results.append((np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros(0, np.float32)))
+        return results
+
     def detect(self, frame: np.ndarray) -> list[Face]:
         if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError("detector expects a BGR uint8 image")
         canvas, scale = self._canvas(frame)
-        blob = canvas.transpose(2, 0, 1)[None].astype(np.float32)
-        outputs = dict(zip(self.output_names, self.session.run(None, {self.input_name: blob})))
-        cw = canvas.shape[1]
-        boxes, landmarks, scores = [], [], []
-        for stride in STRIDES:
-            cols = cw // stride
-            cls = outputs[f"cls_{stride}"][0, :, 0]
-            obj = outputs[f"obj_{stride}"][0, :, 0]
-            score = np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1))
-            keep = np.nonzero(score >= self.score_threshold)[0]
-            if keep.size == 0:
-                continue
-            gx = (keep % cols).astype(np.float32)
-            gy = (keep // cols).astype(np.float32)
-            bbox = outputs[f"bbox_{stride}"][0, keep]
-            kps = outputs[f"kps_{stride}"][0, keep].reshape(-1, 5, 2)
-            cx = (gx + bbox[:, 0]) * stride
-            cy = (gy + bbox[:, 1]) * stride
-            bw = np.exp(bbox[:, 2]) * stride
-            bh = np.exp(bbox[:, 3]) * stride
-            boxes.append(np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1))
-            pts = np.empty_like(kps)
-            pts[..., 0] = (gx[:, None] + kps[..., 0]) * stride
-            pts[..., 1] = (gy[:, None] + kps[..., 1]) * stride
-            landmarks.append(pts)
-            scores.append(score[keep])
-        if not boxes:
+        boxes, landmarks, scores = self.raw(canvas[None])[0]
+        if not len(scores):
             return []
-        box = np.concatenate(boxes) / scale
-        pts = np.concatenate(landmarks) / scale
-        conf = np.concatenate(scores)
+        box = boxes / scale
+        pts = landmarks / scale
+        conf = scores
         xywh = np.concatenate([box[:, :2], box[:, 2:] - box[:, :2]], axis=1)
         keep = cv2.dnn.NMSBoxes(xywh.tolist(), conf.tolist(), self.score_threshold, self.nms_threshold)
         keep = np.asarray(keep, dtype=int).reshape(-1)
