@@ -17,6 +17,7 @@ from edge_agent.stats import prometheus_text
 
 COOKIE = "edge_agent_token"
 BOUNDARY = "frame"
+NO_CAMERA = "no camera configured"
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
@@ -42,7 +43,8 @@ def create_app(agent: Agent, token: str) -> FastAPI:
     def health() -> JSONResponse:
         cameras = {name: w.health() for name, w in agent.cameras.items()}
         ok = agent.healthy()
-        body = {"status": "ok" if ok else "degraded", "version": __version__, "recognition": agent.models.embedder is not None, "cameras": cameras}
+        status = "ok" if ok else "degraded" if agent.cameras else NO_CAMERA
+        body = {"status": status, "version": __version__, "recognition": agent.models.embedder is not None, "cameras": cameras}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/api/cameras", dependencies=[Depends(authorized)])
