@@ -50,7 +50,8 @@ models: venv
 # The INT8 embedder (default on x86-cpu) is calibrated on local data; without data the agent
 # falls back to the FP32 file (same embedding space). Calibration and evaluation sets are disjoint.
 ifdef EDGE_AGENT_SHARED_DIR
-QUANT_CALIB ?= $(EDGE_AGENT_SHARED_DIR)/faces/crowds $(EDGE_AGENT_SHARED_DIR)/video/intel_one-by-one-person-detection.mp4
+QUANT_CALIB ?= $(EDGE_AGENT_SHARED_DIR)/faces/crowds $(EDGE_AGENT_SHARED_DIR)/video/intel_one-by-one-person-detection.mp4 \
+               $(EDGE_AGENT_SHARED_DIR)/video/intel_people-detection.gif $(EDGE_AGENT_SHARED_DIR)/video/intel_store-aisle-detection.gif
 QUANT_FACES ?= '$(EDGE_AGENT_SHARED_DIR)/datasets/lfw_gray/[A-B]*'
 endif
 quantize: models
@@ -58,7 +59,7 @@ ifdef QUANT_CALIB
 	@if [ -f $(MODELS)/mobilefacenet.int8.onnx ] && grep -q mobilefacenet.int8.onnx $(MODELS)/SHA256SUMS 2>/dev/null; then \
 		echo "mobilefacenet.int8.onnx: present"; \
 	else \
-		$(PY) -m model_export quantize --models $(MODELS) --only embedder --calib $(QUANT_CALIB) --face-calib $(QUANT_FACES); \
+		$(PY) -m model_export quantize --models $(MODELS) --only embedder --calib $(QUANT_CALIB) --face-calib $(QUANT_FACES) --faces 400; \
 	fi
 else
 	@echo "quantize: no calibration data (set EDGE_AGENT_SHARED_DIR or QUANT_CALIB); the FP32 embedder will be used"
@@ -70,7 +71,7 @@ quantize-detector: models need-shared
 	@if [ -f $(MODELS)/yunet_s_dynamic.int8.onnx ] && grep -q yunet_s_dynamic.int8.onnx $(MODELS)/SHA256SUMS 2>/dev/null; then \
 		echo "yunet_s_dynamic.int8.onnx: present"; \
 	else \
-		$(PY) -m model_export quantize --models $(MODELS) --only detector --calib $(QUANT_CALIB); \
+		$(PY) -m model_export quantize --models $(MODELS) --only detector --calib $(QUANT_CALIB) --frames 200; \
 	fi
 
 need-shared:
