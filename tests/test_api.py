@@ -45,7 +45,7 @@ class RunningAgent:
                 raise AssertionError(f"agent exited: {self.output()}")
             try:
                 r = httpx.get(self.url + "/api/stats", headers=self.auth, timeout=2)
-                if r.status_code == 200 and (not need_frame or r.json()["cameras"]["demo"]["frames_out"] > 0):
+                if r.status_code == 200 and (not need_frame or all(c["frames_out"] > 0 for c in r.json()["cameras"].values())):
                     return
             except httpx.HTTPError:
                 pass
@@ -125,10 +125,10 @@ def test_no_route_can_return_a_raw_frame(agent):
     assert httpx.get(agent.url + "/docs").status_code == 404
 
 
-def _still_clip(path: Path, shared_dir: Path) -> np.ndarray:
+def _still_clip(path: Path, photo_path: Path) -> np.ndarray:
     """A clip whose every frame is the same photo (MJPEG: intra-only, so every decoded frame is
     identical): whatever frame the page shows, it must equal the served JPEG."""
-    photo = cv2.imread(str(shared_dir / "faces/face_recognition/examples/two_people.jpg"))
+    photo = cv2.imread(str(photo_path))
     frame = np.full((360, 640, 3), 90, np.uint8)
     scale = min(640 / photo.shape[1], 360 / photo.shape[0])
     small = cv2.resize(photo, (int(photo.shape[1] * scale), int(photo.shape[0] * scale)))
@@ -159,17 +159,18 @@ def _find(page: np.ndarray, template: np.ndarray) -> tuple[float, tuple[int, int
 def test_page_renders_the_stream_in_headless_chromium(shared_dir, models_dir, tmp_path):
     """Two cameras in a grid beside health, sync and the counters' legend; each rendered image is
     the served filtered JPEG (a still clip, so the frame the browser shows is known)."""
-    clip = tmp_path / "still.avi"
-    _still_clip(clip, shared_dir)
+    examples = shared_dir / "faces/face_recognition/examples"
+    clip, other = tmp_path / "door.avi", tmp_path / "hall.avi"
+    _still_clip(clip, examples / "two_people.jpg")
+    _still_clip(other, examples / "biden.jpg")  # a different picture per camera: each must show its own
     config = tmp_path / "agent.yaml"
     config.write_text("pipeline: {frame_timeout_ms: 20000}\n")  # no fully redacted frame on a loaded machine
-    agent = RunningAgent(str(clip), models_dir, tmp_path / "data", config, extra=["--camera", "door", "--source", str(clip), "--camera", "hall"])
+    agent = RunningAgent(str(clip), models_dir, tmp_path / "data", config, extra=["--camera", "door", "--source", str(other), "--camera", "hall"])
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            r = httpx.get(agent.url + "/api/stats", headers=agent.auth, timeout=5) if agent.proc.poll() is None else None
-            if r is not None and r.status_code == 200 and all(c["frames_out"] > 0 for c in r.json()["cameras"].values()) and len(r.json()["cameras"]) == 2:
-                break
+        agent.wait_ready(90, need_frame=False)
+        deadline = time.time() + 60
+        while not all(c["frames_out"] > 0 for c in httpx.get(agent.url + "/api/stats", headers=agent.auth).json()["cameras"].values()):
+            assert time.time() < deadline, "no frame from both cameras"
             time.sleep(0.3)
         served = {name: cv2.imdecode(np.frombuffer(httpx.get(f"{agent.url}/api/cameras/{name}/latest.jpg", headers=agent.auth).content, np.uint8), cv2.IMREAD_COLOR)
                   for name in ("door", "hall")}
