@@ -99,6 +99,7 @@ bench: setup quantize-detector bench-venv ## speed figures: pipeline vs deface, 
 	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate
 	$(PY) benchmarks/bench_models.py --models $(MODELS)
 	$(PY) benchmarks/bench_sync.py
+	$(PY) benchmarks/bench_encode.py
 	$(PY) -m model_export.anonymizer --threads 1 bench --teacher model_export/anonymizer/weights/teacher_fp16.pt
 
 # deface (the common open-source tool, the peer in bench_pipeline) pulls the GUI OpenCV build:

@@ -116,7 +116,7 @@ class VideoWriter:
     def __init__(self, path: Path, reader: VideoReader, container_format: str) -> None:
         self.container = av.open(str(path), "w", format=container_format)
         self.codec = pick_encoder()
-        options = {"preset": "veryfast", "crf": "20"} if self.codec == "libx264" else {}
+        options = {"preset": "veryfast", "crf": "23"} if self.codec == "libx264" else {}
         source = reader.video.codec_context
         self.stream = self.container.add_stream(self.codec, rate=reader.rate, options=options)
         self.stream.width, self.stream.height = source.width, source.height
