@@ -127,6 +127,11 @@ def cmd_registry(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(config: None, args: argparse.Namespace) -> int:
+    print(bash_completion(build_parser(), "edge-agent"))
+    return 0
+
+
 ANONYMIZERS = ("pixelate", "blur", "solid", "diffusion")
 
 
@@ -185,14 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser("completion", help="print a shell completion script: eval \"$(edge-agent completion bash)\"")
     comp.add_argument("shell", choices=["bash"], help="the shell (bash; zsh can load it with bashcompinit)")
-    comp.set_defaults(func=lambda config, args: print(bash_completion(parser, "edge-agent")) or 0, needs_config=False)
+    comp.set_defaults(func=cmd_completion, needs_config=False)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if getattr(args, "needs_config", True) is False:
+        if not getattr(args, "needs_config", True):
             return args.func(None, args)
         config = load_config(args.config)
         if args.anonymizer:
