@@ -9,7 +9,7 @@ that, but no frame is lost.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Optional
@@ -46,7 +46,6 @@ class DecodeReport:
     decoded_frames: int = 0
     errors: int = 0
     first_error: Optional[str] = None
-    audio_packets: list = field(default_factory=list)
 
     @property
     def lost_frames(self) -> int:
@@ -123,7 +122,6 @@ class VideoWriter:
         self.stream.pix_fmt = "yuv420p"
         self.stream.codec_context.time_base = reader.video.time_base or 1 / reader.rate
         self.audio = {a.index: self.container.add_stream_from_template(a) for a in reader.audio}
-        self.audio_packets = 0
 
     def write(self, frame: Frame) -> None:
         picture = av.VideoFrame.from_ndarray(frame.image, format="bgr24")
@@ -134,7 +132,6 @@ class VideoWriter:
     def write_audio(self, packet) -> None:
         packet.stream = self.audio[packet.stream.index]
         self.container.mux(packet)
-        self.audio_packets += 1
 
     def close(self) -> None:
         try:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.test_api import TOKEN, free_port
 from tests.test_systemd import Listener
@@ -97,8 +96,8 @@ def test_a_camera_that_is_down_does_not_hold_ready_back(models_dir, tmp_path):
         _stop(proc, listener)
 
 
-@pytest.mark.parametrize("token", ["change-me"])
-def test_the_example_token_is_refused_at_start(models_dir, tmp_path, token):
+def test_the_example_token_is_refused_at_start(models_dir, tmp_path):
+    token = "change-me"  # systemd/edge-agent.env's placeholder
     env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGE_AGENT_MODELS": str(models_dir), "EDGE_AGENT_TOKEN": token}
     env.pop("EDGE_AGENT_CONFIG", None)
     result = subprocess.run([sys.executable, "-m", "edge_agent", "run", "--source", "0"], env=env, capture_output=True, text=True, timeout=60)

@@ -16,7 +16,7 @@ import av
 import httpx
 import yaml
 
-from tests.mqtt_broker import Broker, broker  # noqa: F401  (fixture)
+from tests.mqtt_broker import broker  # noqa: F401  (fixture)
 from tests.test_api import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
