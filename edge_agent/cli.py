@@ -15,7 +15,10 @@ from typing import Optional
 
 from pydantic import ValidationError
 
-from edge_agent.config import CameraConfig, Config, ConfigError, load_config
+from edge_agent import __version__
+from edge_agent.cameras import apply_sources, cmd_cameras
+from edge_agent.completion import bash_completion
+from edge_agent.config import SYSTEM_CONFIG, Config, ConfigError, load_config
 from edge_agent.enroll import EnrolError, embed_photos
 from edge_agent.models.files import ModelFileError
 from edge_agent.preflight import PreflightError, check_process, check_run
@@ -46,21 +49,21 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from edge_agent.api import create_app
     from edge_agent.service import Agent
 
-    if args.source is not None:
-        camera = _option("--source", lambda: CameraConfig(source=args.source))
-        _option("--camera", lambda: setattr(config, "cameras", {args.camera: camera}))
+    _option("--camera", lambda: apply_sources(config, args.source, args.camera))
     if args.host:
         _option("--host", lambda: setattr(config.api, "host", args.host))
     if args.port is not None:
         _option("--port", lambda: setattr(config.api, "port", args.port))
-    if not config.cameras:
-        raise UsageError("no camera configured: pass --source PATH|URL|INDEX or add cameras: to the config")
     check_run(config)
     http_server.check_tls(config.api)
     http_server.ensure_file_limit(config.api)
     listener = http_server.bind(config.api.host, config.api.port)  # a busy port fails here, before the models load
     port = listener.getsockname()[1]
     token = config.api.token
+    if config.api.token_warning():
+        log.warning("%s", config.api.token_warning())
+    if not config.cameras or not any(c.enabled for c in config.cameras.values()):
+        log.warning("no camera configured: the agent serves its health (503) and page until cameras: has an enabled one")
     generated = not token
     if generated:
         token = secrets.token_urlsafe(24)
@@ -77,9 +80,9 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     agent.start()
 
     def announce_ready() -> None:
-        while not agent.running() or not server.started:
+        while not agent.ready() or not server.started:
             time.sleep(0.1)
-        notifier.ready(f"filtering {len(agent.cameras)} camera(s)")
+        notifier.ready(agent.status_line())
         watchdog.start()
 
     threading.Thread(target=announce_ready, name="sd-ready", daemon=True).start()
@@ -114,7 +117,8 @@ def cmd_process(config: Config, args: argparse.Namespace) -> int:
     stats_json = Path(args.stats_json) if args.stats_json else None
     check_process(Path(args.input), Path(args.output), args.max_frames, stats_json)
     models = Models(config)
-    result = process_file(models, Path(args.input), Path(args.output), progress=not args.quiet, max_frames=args.max_frames)
+    result = process_file(models, Path(args.input), Path(args.output), progress=not args.quiet, max_frames=args.max_frames,
+                          allow_decode_errors=args.allow_decode_errors)
     summary = {"input": args.input, "output": args.output, "frames": result.frames, "seconds": round(result.seconds, 3), "fps": round(result.fps, 2), **result.stats}
     if stats_json:
         try:
@@ -133,6 +137,9 @@ def cmd_process(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_registry(config: Config, args: argparse.Namespace) -> int:
+    if args.registry_cmd in ("add", "remove") and config.mqtt is not None and config.mqtt.enabled:
+        raise UsageError(f"registry sync is on (mqtt: in the config): this device's registry is the site admin's; "
+                         f"use `edge-admin {'enroll' if args.registry_cmd == 'add' else 'remove'}` instead")
     registry = Registry(config.registry_path)
     try:
         if args.registry_cmd == "add":
@@ -156,42 +163,81 @@ def cmd_registry(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(config: None, args: argparse.Namespace) -> int:
+    print(bash_completion(build_parser(), "edge-agent"))
+    return 0
+
+
+ANONYMIZERS = ("pixelate", "blur", "solid", "diffusion")
+
+
+def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """Options every subcommand accepts, before or after its name. On the subcommands they
+    default to SUPPRESS so that an option given before the subcommand is not reset."""
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("--config", type=Path, default=default, metavar="FILE",
+                        help=f"YAML config (default: $EDGE_AGENT_CONFIG, else {SYSTEM_CONFIG} if present, else built-in defaults)")
+    parser.add_argument("--anonymizer", choices=ANONYMIZERS, default=default,
+                        help="how strangers' faces are replaced (overrides anonymizer.mode of the config)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description="Privacy filter for cameras: only registered people are shown.")
-    parser.add_argument("--config", type=Path, help="YAML config (default: $EDGE_AGENT_CONFIG, else built-in defaults)")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _global_options(parser, top=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, top=False)
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="filter camera streams and serve the anonymized view")
-    run.add_argument("--source", help="video file, RTSP/HTTP URL or USB camera index (replaces the config's cameras)")
-    run.add_argument("--camera", default="default", help="name of the --source camera in the API (default: default)")
+    run = sub.add_parser("run", parents=[common], help="filter camera streams and serve the anonymized view")
+    run.add_argument("--source", action="append", metavar="SOURCE",
+                     help="video file, RTSP/HTTP URL or USB camera index; repeat for several cameras (replaces the config's cameras)")
+    run.add_argument("--camera", action="append", metavar="NAME",
+                     help="API name of each --source, in the same order (default: 'default' for one source, camera1, camera2... for several)")
     run.add_argument("--host", help="bind address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="port (default 8080)")
     run.set_defaults(func=cmd_run)
 
-    proc = sub.add_parser("process", help="anonymize an image or a video file")
-    proc.add_argument("input")
-    proc.add_argument("-o", "--output", required=True)
-    proc.add_argument("--max-frames", type=int)
-    proc.add_argument("--stats-json", help="write the run's figures to this JSON file")
-    proc.add_argument("-q", "--quiet", action="store_true")
+    proc = sub.add_parser("process", parents=[common], help="anonymize an image or a video file")
+    proc.add_argument("input", help="image (.jpg, .png, ...) or video file to anonymize")
+    proc.add_argument("-o", "--output", required=True, metavar="FILE",
+                      help="where the anonymized copy goes: an image, or a video (.mp4, .mkv, .mov: H.264 plus the input's audio)")
+    proc.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames of a video")
+    proc.add_argument("--allow-decode-errors", action="store_true",
+                      help="write the frames that decode from a damaged video instead of failing (the loss is still reported)")
+    proc.add_argument("--stats-json", metavar="FILE", help="write the run's figures to this JSON file")
+    proc.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     proc.set_defaults(func=cmd_process)
 
-    reg = sub.add_parser("registry", help="manage the local registry of people who may be shown")
-    reg_sub = reg.add_subparsers(dest="registry_cmd", required=True)
-    add = reg_sub.add_parser("add", help="register a person from one or more photos (one face each)")
-    add.add_argument("--name", required=True)
-    add.add_argument("photos", nargs="+")
-    reg_sub.add_parser("list", help="list registered people")
-    remove = reg_sub.add_parser("remove", help="remove a person")
-    remove.add_argument("name")
+    reg = sub.add_parser("registry", parents=[common], help="manage the local registry of people who may be shown")
+    reg_sub = reg.add_subparsers(dest="registry_cmd", required=True, metavar="ACTION")
+    add = reg_sub.add_parser("add", parents=[common], help="register a person from one or more photos (one face each)")
+    add.add_argument("--name", required=True, help="the person's name as shown in the registry")
+    add.add_argument("photos", nargs="+", help="photos of the person, exactly one face in each")
+    reg_sub.add_parser("list", parents=[common], help="list registered people")
+    remove = reg_sub.add_parser("remove", parents=[common], help="remove a person")
+    remove.add_argument("name", help="the registered name to remove")
     reg.set_defaults(func=cmd_registry)
+
+    cams = sub.add_parser("cameras", parents=[common], help="list the config's cameras (exit 1 when none is enabled)")
+    cams.add_argument("--check", action="store_true", help="open each enabled camera and read one frame (exit 1 if one fails)")
+    cams.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds per camera for --check (default 10)")
+    cams.set_defaults(func=cmd_cameras)
+
+    comp = sub.add_parser("completion", help="print a shell completion script: eval \"$(edge-agent completion bash)\"")
+    comp.add_argument("shell", choices=["bash"], help="the shell (bash; zsh can load it with bashcompinit)")
+    comp.set_defaults(func=cmd_completion, needs_config=False)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if not getattr(args, "needs_config", True):
+            return args.func(None, args)
         config = load_config(args.config)
+        if args.anonymizer:
+            config.anonymizer.mode = args.anonymizer
         _setup_logging(config.log_level)
         return args.func(config, args)
     except (ConfigError, ModelFileError, EnrolError, RegistryError, UsageError, PreflightError, ValueError) as exc:

@@ -19,6 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edge_agent.image_size import DEFAULT_MAX_PIXELS
 
 Backend = Literal["auto", "cpu", "cuda", "tensorrt"]
+# Where install.sh puts the machine's config: every subcommand reads it when no other is named,
+# so `process` and `registry` use the same pipeline as the service.
+SYSTEM_CONFIG = Path("/etc/edge-agent/config.yaml")
+# Tokens copied from examples: accepting one would leave the API open to anyone who read them.
+PLACEHOLDER_TOKENS = {"change-me", "changeme", "token", "secret", "password"}
+MIN_TOKEN_LENGTH = 16
 
 
 class ConfigError(Exception):
@@ -137,7 +143,7 @@ class PipelineConfig(Strict):
 class ApiConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    token: Optional[str] = None
+    token: Optional[str] = Field(None, description=f"bearer token (EDGE_AGENT_TOKEN); a placeholder is refused, under {MIN_TOKEN_LENGTH} characters warned about")
     mjpeg_max_fps: float = Field(15, gt=0)
     allowed_hosts: list[str] = Field(
         [], description="extra Host names the API answers to (besides localhost and the bind address): others are refused (DNS rebinding)"
@@ -158,6 +164,19 @@ class ApiConfig(Strict):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {path} does not exist")
         return self
+
+    @field_validator("token")
+    @classmethod
+    def _not_a_placeholder(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and value.strip().lower() in PLACEHOLDER_TOKENS:
+            raise ValueError(f"{value!r} is the example placeholder: set a secret token (openssl rand -hex 32)")
+        return value
+
+    def token_warning(self) -> Optional[str]:
+        """Why the configured token is weak, or None (a short token is allowed, not advised)."""
+        if self.token is not None and len(self.token) < MIN_TOKEN_LENGTH:
+            return f"the API token has {len(self.token)} characters; use at least {MIN_TOKEN_LENGTH} (openssl rand -hex 32)"
+        return None
 
 
 _TOPIC_PART = re.compile(r"^[A-Za-z0-9_\-.]+(/[A-Za-z0-9_\-.]+)*$")
@@ -180,7 +199,7 @@ class MqttConfig(Strict):
     tls_client_cert: Optional[Path] = None
     tls_client_key: Optional[Path] = None
     tls_insecure: bool = Field(False, description="skip the broker host-name check (testing only)")
-    admin_public_key: Path = Field(..., description="PEM file of the admin's Ed25519 public key")
+    admin_public_key: Path = Field(..., description="PEM file of the admin's Ed25519 public key; a relative path is under data_dir")
     keepalive: int = Field(60, ge=5, le=3600)
     reconnect_min_s: float = Field(1.0, gt=0, le=60)
     reconnect_max_s: float = Field(60.0, gt=0, le=3600)
@@ -260,6 +279,25 @@ class Config(Strict):
                 raise ValueError(f"camera name {name!r} may use letters, digits, '-' and '_' only")
         return value
 
+    @model_validator(mode="after")
+    def _files_under_data_dir(self):
+        """Relative mqtt file paths mean data_dir/..., not the working directory (which is
+        /opt/edge-agent under the unit); a missing file is named here, not met as a traceback."""
+        mqtt = self.mqtt
+        if mqtt is None or not mqtt.enabled:
+            return self
+        for key in ("admin_public_key", "tls_ca_certs", "tls_client_cert", "tls_client_key"):
+            path = getattr(mqtt, key)
+            if path is None:
+                continue
+            if not path.is_absolute():
+                path = self.data_dir / path
+                object.__setattr__(mqtt, key, path)
+            if not path.is_file():
+                raise ValueError(f"mqtt.{key}: {path} does not exist" + (
+                    " (copy the admin's public key there: `edge-admin keygen` prints where it is)" if key == "admin_public_key" else ""))
+        return self
+
     @property
     def registry_path(self) -> Path:
         return self.data_dir / "registry.db"
@@ -278,10 +316,17 @@ def _describe(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def default_config_path(env) -> Optional[Path]:
+    """The machine's one default config: $EDGE_AGENT_CONFIG, else SYSTEM_CONFIG if present."""
+    if env.get("EDGE_AGENT_CONFIG"):
+        return Path(env["EDGE_AGENT_CONFIG"])
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+
+
 def load_config(path: Optional[Path] = None, env: Optional[dict] = None) -> Config:
     """Read, override from the environment, validate. Raises ConfigError with the bad key named."""
     env = os.environ if env is None else env
-    path = path or (Path(env["EDGE_AGENT_CONFIG"]) if env.get("EDGE_AGENT_CONFIG") else None)
+    path = path or default_config_path(env)
     raw: dict = {}
     source = "defaults"
     if path is not None:

@@ -10,8 +10,8 @@ from typing import Optional
 import cv2
 
 from edge_agent.config import Config
+from edge_agent.video_io import CONTAINERS
 
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv"}  # containers OpenCV writes mp4v into
 
 
 class PreflightError(Exception):
@@ -43,8 +43,8 @@ def check_process(source: Path, output: Path, max_frames: Optional[int], stats_j
     if source.suffix.lower() in IMAGE_SUFFIXES:
         if suffix not in IMAGE_SUFFIXES or not cv2.haveImageWriter(str(output)):
             raise PreflightError(f"-o {output}: an image is written as an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    elif suffix not in VIDEO_SUFFIXES:
-        raise PreflightError(f"-o {output}: a video is written as a video ({', '.join(sorted(VIDEO_SUFFIXES))})")
+    elif suffix not in CONTAINERS:
+        raise PreflightError(f"-o {output}: a video is written as a video ({', '.join(sorted(CONTAINERS))})")
     if output.is_dir():
         raise PreflightError(f"-o {output} is a directory; name the output file")
     _writable_dir(output.parent, "-o", create=True)

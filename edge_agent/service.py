@@ -168,9 +168,21 @@ class Agent:
         if self.models.audit is not None:
             self.models.audit.stop()  # closes open intervals: they ended with the process
 
-    def running(self) -> bool:
-        """Every camera's worker loop has turned at least once (systemd READY)."""
-        return all(w.heartbeat is not None for w in self.cameras.values())
+    def ready(self) -> bool:
+        """systemd READY: every camera has published its first filtered frame, or has failed to
+        open (a camera that is down must not hold the start back until TimeoutStartSec kills a
+        service that restarting would not fix; the STATUS line names it). With no camera the
+        agent is ready at once: it serves its health and page, which say how to add one."""
+        return all(w.buffer.seq > 0 or w.source.last_error is not None for w in self.cameras.values())
+
+    def status_line(self) -> str:
+        """The systemd STATUS= text."""
+        if not self.cameras:
+            return "no camera configured: add one under cameras: in the config and restart"
+        waiting = [name for name, w in self.cameras.items() if w.buffer.seq == 0]
+        if not waiting:
+            return f"filtering {len(self.cameras)} camera(s)"
+        return f"filtering {len(self.cameras) - len(waiting)} of {len(self.cameras)} camera(s); no frame yet from {', '.join(waiting)}"
 
     def alive(self, max_stall_s: float = 10.0) -> bool:
         """No worker loop and no filter is stuck (the systemd watchdog asks this). A camera that
@@ -182,9 +194,9 @@ class Agent:
         )
 
     def healthy(self, max_age_s: float = 10.0) -> bool:
-        """Every camera published a frame recently (the systemd watchdog asks this)."""
+        """Every camera published a frame recently, and there is at least one (``/api/health``)."""
         now = time.monotonic()
-        return all(
+        return bool(self.cameras) and all(
             w.stats.last_frame_at is not None and now - w.stats.last_frame_at < max_age_s for w in self.cameras.values()
         )
 
@@ -200,6 +212,8 @@ class Agent:
             "registry": self.registry_info(),
             "sync": self.sync_counters(),
             "consent": self.consent(),
+            "sync_status": self.sync_status(),
+            "healthy": self.healthy(),
         }
 
     def consent(self) -> dict:
@@ -209,6 +223,12 @@ class Agent:
             return {"registered_hidden": True, "reason": "recognition is off"}
         gallery.current()
         return gallery.status.as_dict()
+
+    def sync_status(self) -> dict:
+        """For the page: is the registry synced from the site admin, and is the broker reachable."""
+        if self.sync is None:
+            return {"enabled": False}
+        return {"enabled": True, "connected": self.sync.wait_connected(0), "broker": f"{self.config.mqtt.host}:{self.config.mqtt.port}"}
 
     def registry_info(self) -> dict:
         return {

@@ -2,7 +2,7 @@
 
     python -m model_export quantize --calib /data/frames /data/videos/*.mp4
     python -m model_export build-engine --precision fp16 int8
-    python -m model_export verify --shared "$EDGE_AGENT_SHARED_DIR" --out reports/quantization
+    python -m model_export verify --shared "$EDGE_AGENT_SHARED_DIR"   (report: build/reports/quantization)
     python -m model_export recall --config device_configs/x86-cpu.yaml --out reports/detection
 
 The model directory is ``--models``, else ``$EDGE_AGENT_MODELS``, else ``./models``.
@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_build_engine)
 
     v = sub.add_parser("verify", help="accuracy + speed of INT8 (or engine) models vs FP32: Markdown + plots")
-    v.add_argument("--out", default="reports/quantization", help="report directory (default reports/quantization)")
+    v.add_argument("--out", default="build/reports/quantization",
+                   help="report directory (default build/reports/quantization; --out reports/quantization replaces the committed report)")
     v.add_argument("--shared", help="data folder with faces/, video/, datasets/lfw_gray (default $EDGE_AGENT_SHARED_DIR)")
     v.add_argument("--heldout", nargs="+", metavar="SRC", help="held-out frames for the detector (default: hamilton clip + face photos)")
     v.add_argument("--frames", type=_positive, default=150, help="held-out detector frames")

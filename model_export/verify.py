@@ -14,6 +14,7 @@ Only aggregate numbers are written: no frame, crop or embedding leaves memory.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import random
 import time
@@ -633,7 +634,13 @@ def run_verify(inputs: VerifyInputs, out_dir: Path, progress: bool = True, open_
         }
         bar.close()
     results["verdict"] = budget_verdict(results)
-    plots = write_plots(results, out_dir, cos, pair_scores)
+    # The numbers first: a device venv (runtime.txt only) has no matplotlib, and the minutes of
+    # measuring must not be lost to a missing plotting library.
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (out_dir / "report.md").write_text(markdown(results, []))
+    if importlib.util.find_spec("matplotlib") is None:
+        print("verify: matplotlib is not installed: report.md has no plots (pip install -r requirements/dev.txt for them)")
+        return results
+    plots = write_plots(results, out_dir, cos, pair_scores)
     (out_dir / "report.md").write_text(markdown(results, plots))
     return results

@@ -9,7 +9,7 @@
 # PREFIX    where the project (with its .venv) lives, default /opt/edge-agent; the unit's
 #           ExecStart and WorkingDirectory are rewritten to it
 # MODELS    a model directory to copy into /var/lib/edge-agent/models (default: ./models)
-# NO_START  set to 1 to enable without starting
+# NO_START  set to 1 to enable without starting (it never starts a config without an enabled camera)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -57,9 +57,12 @@ say "unit installed: $unit_dir/edge-agent.service"
 
 # 3. Secrets: root-only, never overwritten (an update keeps the token).
 install -d -m 0750 "$conf_dir"
+# The example's placeholder token is replaced by a random one: the agent refuses the placeholder.
 if [[ ! -f "$conf_dir/edge-agent.env" ]]; then
-    install -m 0600 "$here/edge-agent.env" "$conf_dir/edge-agent.env"
-    say "environment file created: $conf_dir/edge-agent.env (set EDGE_AGENT_TOKEN and the MQTT secrets)"
+    token="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+    (umask 077 && sed -e "s#^EDGE_AGENT_TOKEN=change-me\$#EDGE_AGENT_TOKEN=$token#" "$here/edge-agent.env" > "$conf_dir/edge-agent.env")
+    chmod 0600 "$conf_dir/edge-agent.env"
+    say "environment file created: $conf_dir/edge-agent.env (a random EDGE_AGENT_TOKEN; add the MQTT secrets if you sync)"
 else
     chmod 0600 "$conf_dir/edge-agent.env"
 fi
@@ -82,18 +85,37 @@ if [[ -d "$MODELS" ]]; then
     say "models copied from $MODELS to $state_dir/models"
 fi
 
+# 6. Which cameras the config enables: the agent runs without one (health 503, the page says
+#    how to add one), but starting it is pointless until there is one.
+python="$PREFIX/.venv/bin/python"
+[[ -x "$python" ]] || python="$repo/.venv/bin/python"
+[[ -x "$python" ]] || python=python3
+cameras_ok=0
+cameras_said="no config at $conf_dir/config.yaml"
+if [[ -f "$conf_dir/config.yaml" ]] && cameras_said="$(PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" EDGE_AGENT_TOKEN= \
+        "$python" -m edge_agent --config "$conf_dir/config.yaml" cameras 2>&1)"; then
+    cameras_ok=1
+fi
+
 if [[ -z "$DESTDIR" ]]; then
     chown root:"$SERVICE_USER" "$conf_dir" "$conf_dir/config.yaml" 2>/dev/null || true
     chown -R "$SERVICE_USER:$SERVICE_USER" "$state_dir"
     systemctl daemon-reload
-    if [[ "${NO_START:-0}" == 1 ]]; then
-        systemctl enable edge-agent.service
-    else
-        systemctl enable edge-agent.service
+    systemctl enable edge-agent.service
+    if [[ "$cameras_ok" == 1 && "${NO_START:-0}" != 1 ]]; then
         # restart = start on a first install, and picks up a new unit, config or models after an update
         systemctl restart edge-agent.service
+        say "done: systemctl status edge-agent; journalctl -u edge-agent -f"
+        exit 0
     fi
-    say "done: systemctl status edge-agent; journalctl -u edge-agent -f"
 else
     say "staged under $DESTDIR (no user, systemctl or chown)"
+fi
+if [[ "$cameras_ok" == 1 ]]; then
+    say "next: sudo systemctl restart edge-agent; then systemctl status edge-agent"
+else
+    say "not started: $(printf '%s' "$cameras_said" | tail -n 1)"
+    say "next: sudoedit /etc/edge-agent/config.yaml (cameras: <name>: source: rtsp://... or a USB index, enabled: true),"
+    say "      check it with: $PREFIX/.venv/bin/edge-agent --config /etc/edge-agent/config.yaml cameras --check"
+    say "      then: sudo systemctl restart edge-agent"
 fi

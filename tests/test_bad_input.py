@@ -126,6 +126,6 @@ def test_camera_url_that_does_not_answer_keeps_the_service_up(models_dir, tmp_pa
         agent.stop()
 
 
-def test_run_without_a_camera_is_a_clear_error(env, capsys):
-    code, out = run_cli(capsys, "run")
-    assert code == 2 and "no camera configured" in out
+def test_a_camera_name_without_a_source_is_a_clear_error(env, capsys):
+    code, out = run_cli(capsys, "run", "--camera", "door")
+    assert code == 2 and "give a --source for each --camera" in out

@@ -271,3 +271,22 @@ def test_install_script_rejects_an_unknown_device(tmp_path):
 def test_env_example_has_no_real_secret():
     text = (ROOT / "systemd" / "edge-agent.env").read_text()
     assert "EDGE_AGENT_TOKEN=change-me" in text
+
+
+def test_install_script_ends_with_the_next_step_and_a_real_token(tmp_path):
+    """No camera in the copied device config: nothing is started (no restart loop into the start
+    limit); the script says what to do next, and the env file holds a random token, not the
+    example's placeholder (which the agent refuses)."""
+    root = tmp_path / "root"
+    env = dict(os.environ, DESTDIR=str(root), DEVICE="x86-cpu", PREFIX="/srv/edge", MODELS=str(tmp_path / "none"))
+    result = subprocess.run(["bash", str(ROOT / "systemd" / "install.sh")], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "not started: no camera enabled" in result.stdout
+    assert "next: sudoedit /etc/edge-agent/config.yaml" in result.stdout and "cameras --check" in result.stdout
+    tokens = [line.split("=", 1)[1] for line in (root / "etc/edge-agent/edge-agent.env").read_text().splitlines() if line.startswith("EDGE_AGENT_TOKEN=")]
+    assert len(tokens) == 1 and len(tokens[0]) == 64 and int(tokens[0], 16) >= 0
+    # Once the config enables a camera, the next step is the restart.
+    config = root / "etc/edge-agent/config.yaml"
+    config.write_text(config.read_text().replace("cameras: {}", "cameras:\n  door: {source: 'rtsp://192.0.2.1/s'}"))
+    result = subprocess.run(["bash", str(ROOT / "systemd" / "install.sh")], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0 and "next: sudo systemctl restart edge-agent" in result.stdout, result.stdout

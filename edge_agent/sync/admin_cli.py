@@ -10,9 +10,12 @@
     edge-admin publish-snapshot
     edge-admin devices
 
-Connection settings come from ``--config`` (a YAML file with the agent's ``mqtt:`` block) and
-the options below, which override it. Photos are read, embedded and forgotten: only
-embeddings are stored and sent.
+Connection settings come from ``--config`` (a site file like ``docs/edge-admin.example.yaml``,
+or any YAML file with the agent's ``mqtt:`` block) and the options below, which override it.
+The admin home (registry.db and the key pair) comes from one place: ``--home``, else
+``$EDGE_ADMIN_HOME``, else the site file's ``home:``, else ``$XDG_DATA_HOME/edge-admin``
+(``~/.local/share/edge-admin``). Options go before or after the subcommand. Photos are read,
+embedded and forgotten: only embeddings are stored and sent.
 """
 
 from __future__ import annotations
@@ -65,64 +68,106 @@ def _until(text: str) -> Optional[float]:
     return utc_time(text, end_of_day=True)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-admin", description="Manage the site's consent registry and sync it to the cameras.")
-    p.add_argument("--home", type=Path, default=Path(os.environ.get("EDGE_ADMIN_HOME", "edge-admin")),
-                   help="admin data folder: registry.db and the key pair (env EDGE_ADMIN_HOME; default ./edge-admin)")
-    p.add_argument("--config", type=Path, help="YAML file with an mqtt: block (host, port, site, TLS ...)")
-    p.add_argument("--key", type=Path, help="private key file (default $CREDENTIALS_DIRECTORY/admin_ed25519.key when "
+SITE_KEYS = {"home", "models", "mqtt"}
+
+
+def default_home(env=os.environ) -> Path:
+    """The admin home when none is given: the user's data directory, never the working directory."""
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "share")
+    return Path(base) / "edge-admin"
+
+
+def _options(p: argparse.ArgumentParser, top: bool) -> None:
+    """The global options; on the subcommands they default to SUPPRESS so a value given before the
+    subcommand is not reset by the subcommand's parser."""
+    d = None if top else argparse.SUPPRESS
+    p.add_argument("--home", type=Path, default=d, metavar="DIR",
+                   help="admin data folder: registry.db and the key pair (default $EDGE_ADMIN_HOME, else the site file's "
+                        "home:, else ~/.local/share/edge-admin)")
+    p.add_argument("--config", type=Path, default=d, metavar="FILE",
+                   help="site file (docs/edge-admin.example.yaml: home, models, mqtt) or any YAML with an mqtt: block")
+    p.add_argument("--key", type=Path, default=d, help="private key file (default $CREDENTIALS_DIRECTORY/admin_ed25519.key when "
                    "the service manager provides it, else HOME/admin_ed25519.key)")
-    p.add_argument("--passphrase-file", type=Path, help="file holding the private key's passphrase (default "
+    p.add_argument("--passphrase-file", type=Path, default=d, help="file holding the private key's passphrase (default "
                    "$CREDENTIALS_DIRECTORY/admin-key-passphrase; or env EDGE_ADMIN_KEY_PASSPHRASE)")
     for opt, help_ in [("--host", "broker host"), ("--site", "site name"), ("--topic-prefix", "topic prefix"),
                        ("--user", "broker user"), ("--password", "broker password (or env EDGE_ADMIN_MQTT_PASSWORD)"),
                        ("--tls-ca-certs", "CA file"), ("--tls-client-cert", "client certificate"),
                        ("--tls-client-key", "client key")]:
-        p.add_argument(opt, help=help_)
-    p.add_argument("--port", type=int)
-    sub = p.add_subparsers(dest="command", required=True)
-    k = sub.add_parser("keygen", help="create the Ed25519 signing key pair (private key mode 0600)")
+        p.add_argument(opt, default=d, help=help_)
+    p.add_argument("--port", type=int, default=d, help="broker port")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-admin", description="Manage the site's consent registry and sync it to the cameras.")
+    _options(p, top=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _options(common, top=False)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    k = sub.add_parser("keygen", parents=[common], help="create the Ed25519 signing key pair (private key mode 0600)")
     k.add_argument("--force", action="store_true", help="replace an existing key (devices must get the new public key)")
-    e = sub.add_parser("enroll", help="add or replace a person from one or more photos (one face each)")
-    e.add_argument("--name", required=True)
-    e.add_argument("--models", type=Path, help="model folder (default env EDGE_AGENT_MODELS)")
+    e = sub.add_parser("enroll", parents=[common], help="add or replace a person from one or more photos (one face each)")
+    e.add_argument("--name", required=True, help="the person's name")
+    e.add_argument("--models", type=Path, help="model folder (default: the site file's models:, else env EDGE_AGENT_MODELS)")
     e.add_argument("--valid-from", type=utc_time, help="consent starts (UTC date or time; default: now)")
     e.add_argument("--valid-until", type=_until, help="consent ends (a date includes that whole day, UTC; default: no end)")
-    e.add_argument("photos", nargs="+", type=Path)
-    v = sub.add_parser("validity", help="change a person's consent period (a signed event; 'none' clears an end)")
-    v.add_argument("name")
+    e.add_argument("photos", nargs="+", type=Path, help="photos of the person, exactly one face in each")
+    v = sub.add_parser("validity", parents=[common], help="change a person's consent period (a signed event; 'none' clears an end)")
+    v.add_argument("name", help="the person's name or id")
     v.add_argument("--valid-from", type=utc_time, default=KEEP, help="new start (default: unchanged)")
     v.add_argument("--valid-until", type=_until, default=KEEP, help="new end (default: unchanged)")
-    r = sub.add_parser("remove", help="withdraw a person's consent (by name or id); audit rows stay")
-    r.add_argument("name")
-    pu = sub.add_parser("purge", help="delete a person's audit rows here and on every device (signed)")
+    r = sub.add_parser("remove", parents=[common], help="withdraw a person's consent (by name or id); audit rows stay")
+    r.add_argument("name", help="the person's name or id")
+    pu = sub.add_parser("purge", parents=[common], help="delete a person's audit rows here and on every device (signed)")
     pu.add_argument("--person", required=True, help="name (also after a withdrawal) or person id")
-    a = sub.add_parser("audit", help="where and when people were shown (intervals from every device)")
+    a = sub.add_parser("audit", parents=[common], help="where and when people were shown (intervals from every device)")
     a.add_argument("--person", help="name (also after a withdrawal) or person id")
     a.add_argument("--camera")
     a.add_argument("--device")
     a.add_argument("--since", type=utc_time, help="intervals that ended at or after this UTC date/time")
     a.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    sv = sub.add_parser("serve", help="run the admin service: heartbeats, scheduled and requested snapshots, audit intake")
+    sv = sub.add_parser("serve", parents=[common], help="run the admin service: heartbeats, scheduled and requested snapshots, audit intake")
     sv.add_argument("--heartbeat-s", type=float, default=60.0, help="signed heartbeat period (devices' max_registry_age counts from it)")
     sv.add_argument("--snapshot-s", type=float, default=3600.0, help="republish the full snapshot this often")
     sv.add_argument("--audit-retention-days", type=float, default=365.0, help="delete audit intervals older than this")
-    sub.add_parser("publish-snapshot", help="(re)publish the signed retained snapshot")
-    d = sub.add_parser("devices", help="list devices from their retained state")
+    sub.add_parser("publish-snapshot", parents=[common], help="(re)publish the signed retained snapshot")
+    d = sub.add_parser("devices", parents=[common], help="list devices from their retained state")
     d.add_argument("--wait", type=float, default=1.0, help="seconds to collect states")
     return p
 
 
-def _config(args) -> MqttConfig:
-    raw: dict = {}
-    if args.config:
+def _site_file(args) -> dict:
+    """The --config file: a site file (home, models, mqtt) or an agent config (its mqtt: block)."""
+    if not args.config:
+        return {}
+    try:
         loaded = yaml.safe_load(args.config.read_text()) or {}
-        raw = dict(loaded.get("mqtt", loaded))
+    except yaml.YAMLError as exc:
+        raise AdminError(f"{args.config} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise AdminError(f"{args.config} must hold a mapping (home, models, mqtt)")
+    if "mqtt" not in loaded:
+        return {"mqtt": loaded}
+    return loaded
+
+
+def _home(args, site: dict) -> Path:
+    if args.home:
+        return args.home
+    if os.environ.get("EDGE_ADMIN_HOME"):
+        return Path(os.environ["EDGE_ADMIN_HOME"])
+    if site.get("home"):
+        return Path(site["home"]).expanduser()
+    return default_home()
+
+
+def _config(args, site: dict, home: Path) -> MqttConfig:
+    raw = dict(site.get("mqtt") or {})
     overrides = {"host": args.host, "port": args.port, "site": args.site, "topic_prefix": args.topic_prefix,
                  "user": args.user, "password": args.password or os.environ.get("EDGE_ADMIN_MQTT_PASSWORD"),
                  "tls_ca_certs": args.tls_ca_certs, "tls_client_cert": args.tls_client_cert, "tls_client_key": args.tls_client_key}
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    raw.setdefault("admin_public_key", str(args.home / PUBLIC_KEY))
+    raw.setdefault("admin_public_key", str(home / PUBLIC_KEY))
     raw.setdefault("device_id", "admin")
     return MqttConfig.model_validate(raw)
 
@@ -181,19 +226,28 @@ def _key_path(args) -> Optional[Path]:
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        site = _site_file(args)
+        home = _home(args, site)
         if args.command == "keygen":
             passphrase = _passphrase(args)
-            private, public = keygen(args.home, args.force, passphrase)
+            private, public = keygen(home, args.force, passphrase)
             print(f"private key: {private} (mode 0600, {'passphrase-protected' if passphrase else 'NO passphrase'}; "
                   f"keep it on the admin only)\npublic key:  {public} (copy to every device; mqtt.admin_public_key)")
             return 0
-        config = _config(args)
-        admin = Admin(args.home, config, _key_path(args), _passphrase(args))
+        key = _key_path(args) or home / PRIVATE_KEY
+        if args.command in ("enroll", "validity", "remove", "purge", "serve", "publish-snapshot") and not key.is_file():
+            raise AdminError(f"no admin key at {key}: run `edge-admin keygen` first (admin home {home}; "
+                             "--home, EDGE_ADMIN_HOME or the site file's home: choose another)")
+        if not home.is_dir():
+            raise AdminError(f"no admin home at {home}: run `edge-admin keygen` first")
+        config = _config(args, site, home)
+        admin = Admin(home, config, key, _passphrase(args))
         try:
             if args.command == "enroll":
-                models = args.models or (Path(os.environ["EDGE_AGENT_MODELS"]) if os.environ.get("EDGE_AGENT_MODELS") else None)
+                models = args.models or (Path(site["models"]) if site.get("models") else None) or \
+                    (Path(os.environ["EDGE_AGENT_MODELS"]) if os.environ.get("EDGE_AGENT_MODELS") else None)
                 if models is None:
-                    raise AdminError("give the model folder with --models or EDGE_AGENT_MODELS")
+                    raise AdminError("give the model folder with --models, the site file's models: or EDGE_AGENT_MODELS")
                 admin.key()  # a missing key or wrong passphrase before minutes of embedding
                 embeddings, model_sig = embed_photos(models, args.photos)
                 body = admin.enroll(args.name, embeddings, model_sig, valid_from=args.valid_from, valid_until=args.valid_until)
