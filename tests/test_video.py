@@ -54,9 +54,9 @@ def test_hamilton_clip(mode, shared_dir, models_dir, make_config, face_models, r
     examples = shared_dir / "faces/face_recognition/examples"
     refs = {}
     for name, photo in PEOPLE.items():
-        vectors = embed_photos([examples / photo], models.detector, models.embedder, config.recognition.min_face_px, config.recognition.threshold)
+        vectors = embed_photos([examples / photo], models.detector, models.embedder, config.recognition.min_face_px, config.recognition.threshold).templates
         models.registry.upsert_person(name, vectors, models.model_sig)
-        refs[name] = vectors[0]
+        refs[name] = vectors[0]  # the photo's own template comes first
     reference = np.stack([refs["lin"], refs["alex"]])
     threshold = config.recognition.threshold
     guard = models.pipeline(CameraStats("test"))
