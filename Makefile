@@ -75,6 +75,7 @@ test: setup
 
 bench: setup bench-venv ## speed figures: pipeline vs deface, models FP32 vs INT8, sync, anonymizer
 	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate
+	$(PY) benchmarks/bench_recognition.py
 	$(PY) benchmarks/bench_models.py --models $(MODELS)
 	$(PY) benchmarks/bench_sync.py
 	$(PY) -m model_export.anonymizer --threads 1 bench --teacher model_export/anonymizer/weights/teacher_fp16.pt

@@ -70,10 +70,10 @@ class RecognitionConfig(Strict):
     enabled: bool = True
     threshold: float = Field(0.42, gt=0, lt=1, description="pooled template's cosine to a registered person's templates needed to show")
     min_margin: float = Field(0.05, ge=0, lt=1, description="...and its lead over the next registered person")
-    min_frames: int = Field(4, ge=2, description="embeddings pooled before a video track may be shown (a still photo needs one)")
+    min_frames: int = Field(3, ge=2, description="embeddings pooled before a video track may be shown (a still photo needs one)")
     min_weight: float = Field(0.5, ge=0, description="summed quality weight (size, sharpness, pose, blankness) pooled before showing")
-    min_agreement: float = Field(0.35, gt=-1, lt=1, description="a new embedding less similar than this to the track's pool restarts it")
-    min_continuity: float = Field(0.45, gt=-1, lt=1, description="a new embedding less similar than this to the previous frame's restarts it")
+    min_agreement: float = Field(0.30, gt=-1, lt=1, description="a new embedding less similar than this to the track's pool restarts it")
+    min_continuity: float = Field(0.40, gt=-1, lt=1, description="a new embedding less similar than this to the previous frame's restarts it")
     candidate_similarity: float = Field(0.25, gt=-1, lt=1, description="hidden tracks this close to a registered person are embedded every frame")
     recheck_frames: int = Field(10, ge=1, description="other hidden tracks are embedded this often")
     min_face_px: int = Field(28, ge=8, description="smaller faces are never recognised, so never shown")

@@ -152,7 +152,7 @@ def embed_photos(
         keep = [i for i in TEMPLATE_VIEWS if null[i] < max_null_similarity][:per_photo_budget]
         originals.append(vectors[0])
         groups.append(vectors[keep])
-        quality = face_quality(face, crops[0], float(null[0]), max_null_similarity)
+        quality = face_quality(face, image, float(null[0]), max_null_similarity)
         if min(face.width, face.height) < GOOD_FACE_PX:
             warnings.append(f"{path}: the face is only {face.width:.0f} px wide; a photo with a face of {GOOD_FACE_PX} px or more "
                             "makes better templates")

@@ -22,11 +22,20 @@ FULL_WEIGHT_PX = 64.0
 SHARP_LAPLACIAN_VAR = 150.0
 
 
-def face_quality(face: Face, crop: np.ndarray, null_similarity: float, max_null_similarity: float) -> float:
+def sharpness(image: np.ndarray, face: Face) -> float:
+    """Laplacian variance of the face box, resampled to a fixed size (so big faces do not win)."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (int(v) for v in np.clip(np.round(face.box[:4]), 0, [w, h, w, h]))
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        return 0.0
+    gray = cv2.cvtColor(image[y1:y2, x1:x2], cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image[y1:y2, x1:x2]
+    return float(cv2.Laplacian(cv2.resize(gray, (48, 48), interpolation=cv2.INTER_AREA), cv2.CV_32F).var())
+
+
+def face_quality(face: Face, image: np.ndarray, null_similarity: float, max_null_similarity: float) -> float:
     """How much identity one frame's embedding can carry, in [0, 1]; 0 for a blank-looking face."""
     size = float(np.clip(min(face.width, face.height) / FULL_WEIGHT_PX, 0.25, 1.0))
-    gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
-    sharp = float(np.clip(cv2.Laplacian(gray, cv2.CV_32F).var() / SHARP_LAPLACIAN_VAR, 0.2, 1.0))
+    sharp = float(np.clip(sharpness(image, face) / SHARP_LAPLACIAN_VAR, 0.2, 1.0))
     pts = np.asarray(face.landmarks, np.float32)
     eye_mid = (pts[0] + pts[1]) / 2
     eye_dist = max(float(np.linalg.norm(pts[1] - pts[0])), 1e-3)

@@ -143,12 +143,11 @@ class FramePipeline:
                 self.policy.not_embedded(track)
         if not due:
             return
-        crops = self.embedder.crops(frame, [t.face for t in due])
-        embeddings = self.embedder.embed_crops(crops)
+        embeddings = self.embedder.embed(frame, [t.face for t in due])
         self.stats.add("recognitions", len(due))
         null = self.embedder.null_similarity(embeddings)
-        for track, crop, embedding, blank in zip(due, crops, embeddings, null):
-            weight = face_quality(track.face, crop, float(blank), self.max_null_similarity)
+        for track, embedding, blank in zip(due, embeddings, null):
+            weight = face_quality(track.face, frame, float(blank), self.max_null_similarity)
             self.policy.observe(track, embedding, weight, gallery.person_ids, gallery.person_scores)
 
     def _anonymize(self, frame: np.ndarray, tracks: list[Track]) -> None:

@@ -78,7 +78,7 @@ def embed_bank(image, face, embedder: ArcFaceEmbedder, rng, max_null: float) -> 
     crops = np.stack([embedder.crops(im, [f])[0] for im, f in views])
     emb = embedder.embed_crops(crops)
     null = embedder.null_similarity(emb)
-    weights = np.array([face_quality(f, c, float(n), max_null) for (_, f), c, n in zip(views, crops, null)], np.float32)
+    weights = np.array([face_quality(f, im, float(n), max_null) for (im, f), n in zip(views, null)], np.float32)
     return Bank(emb, weights, np.array([f.width for _, f in views], np.float32))
 
 
