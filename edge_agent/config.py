@@ -68,7 +68,8 @@ class RecognitionConfig(Strict):
     """Who may be shown (``decide.py``): bounds on a track's pooled evidence and on each new frame."""
 
     enabled: bool = True
-    threshold: float = Field(0.42, gt=0, lt=1, description="pooled template's cosine to a registered person's templates needed to show")
+    # From the track-level LFW evaluation (reports/recognition/report.md; README, "Who may be shown").
+    threshold: float = Field(0.50, gt=0, lt=1, description="pooled template's cosine to a registered person's templates needed to show")
     min_margin: float = Field(0.05, ge=0, lt=1, description="...and its lead over the next registered person")
     min_frames: int = Field(3, ge=2, description="embeddings pooled before a video track may be shown (a still photo needs one)")
     min_weight: float = Field(0.5, ge=0, description="summed quality weight (size, sharpness, pose, blankness) pooled before showing")

@@ -140,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracks-per-photo", type=int, default=8, help="tracks drawn from each photo's embedded views")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("reports/recognition"))
+    parser.add_argument("--report-only", action="store_true", help="rewrite report.md from OUT/track_results.json")
     args = parser.parse_args(argv)
+    if args.report_only:
+        _report(json.loads((args.out / "track_results.json").read_text()), RecognitionConfig(), args)
+        return 0
     root = args.shared / "datasets/lfw_gray"
     if not root.is_dir():
         parser.error(f"{root}: no LFW here")
@@ -275,7 +279,7 @@ def _report(results: dict, cfg: RecognitionConfig, args) -> None:
                 lines.append(f"| {margin} | none up to 0.70 | | | |")
             else:
                 lines.append(f"| {margin} | {p['threshold']:.2f} | {p['genuine_frames_shown']:.1%} | {p['genuine_tracks_shown']:.1%} | "
-                             f"{p['median_first_show_s']} / {p['p90_first_show_s']} |")
+                             f"{p['median_first_show_s']:.2f} / {p['p90_first_show_s']:.2f} |")
         lines += ["", f"Sweep at lead {cfg.min_margin}:", "",
                   "| accept bound | impostor tracks shown | genuine frames shown | genuine tracks shown | shown as another person | median / p90 first show (s) |",
                   "|---|---|---|---|---|---|"]
