@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="rewrite report.md from OUT/track_results.json")
     args = parser.parse_args(argv)
     if args.report_only:
-        _report(json.loads((args.out / "track_results.json").read_text()), RecognitionConfig(), args)
+        results = json.loads((args.out / "track_results.json").read_text())
+        _sweep_plot(results, RecognitionConfig(), args.out)
+        _report(results, RecognitionConfig(), args)
         return 0
     root = args.shared / "datasets/lfw_gray"
     if not root.is_dir():
@@ -227,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "track_results.json").write_text(json.dumps(results, indent=2))
     _plots(curves, cfg, args.out)
+    _sweep_plot(results, cfg, args.out)
     _report(results, cfg, args)
     return 0
 
@@ -254,6 +257,30 @@ def _plots(curves: dict, cfg: RecognitionConfig, out: Path) -> None:
     axes[1].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "track_level.png", dpi=80)
+
+
+def _sweep_plot(results: dict, cfg: RecognitionConfig, out: Path) -> None:
+    """False-show tracks (log scale) and genuine frames shown against the accept bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    other = ax.twinx()
+    for px, r in results["by_min_face_px"].items():
+        t = [p["threshold"] for p in r["sweep"]]
+        ax.semilogy(t, [max(p["false_show_tracks"], 0.5) for p in r["sweep"]], linestyle=":", label=f"false-show tracks, {px} px")
+        other.plot(t, [p["genuine_frames_shown"] for p in r["sweep"]], label=f"genuine frames shown, {px} px")
+    ax.axvline(cfg.threshold, color="k", linestyle="--")
+    ax.set_xlabel("accept bound (pooled cosine)")
+    ax.set_ylabel(f"impostor tracks shown (of {results['impostor_tracks']}; 0 drawn at 0.5)")
+    other.set_ylabel("genuine frames shown")
+    other.set_ylim(0, 1)
+    ax.legend(fontsize=6, loc="lower left")
+    other.legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out / "track_sweep.png", dpi=80)
 
 
 def _report(results: dict, cfg: RecognitionConfig, args) -> None:
@@ -289,6 +316,7 @@ def _report(results: dict, cfg: RecognitionConfig, args) -> None:
                          f"{s['genuine_tracks_shown']:.1%} | {s['genuine_shown_as_other']} | {first} |")
         lines.append("")
     lines.append("![track level](track_level.png)")
+    lines.append("![sweep](track_sweep.png)")
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
