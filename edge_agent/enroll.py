@@ -89,7 +89,7 @@ def _at(width_px: float, degrade=None) -> View:
 
 
 # Every view is embedded; only those marked as templates are stored. Measured on LFW
-# (reports/recognition/report.md, "Which views become templates"): pooled small-face tracks
+# (reports/recognition/template_views.md): pooled small-face tracks
 # already match the sharp views, while templates made at 24-40 px or with blur / JPEG raise the
 # best impostor score far more than any genuine one. Those views still check the photo: one that
 # loses its identity at camera size gets a warning. Priority order: when a person's template
