@@ -15,7 +15,6 @@ from edge_agent.capture import LatestFrameSource
 from edge_agent.cli import main
 from edge_agent.config import Config
 from edge_agent.enroll import embed_photos
-from edge_agent.registry import Registry
 from edge_agent.service import Models
 from edge_agent.stats import CameraStats
 from tests.hard_clips import FPS, REGISTERED, Cast, face_unchanged, write_video
