@@ -99,6 +99,7 @@ bench: setup quantize-detector bench-venv ## speed figures: pipeline vs deface, 
 	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate
 	$(PY) benchmarks/bench_pipeline.py --resize 1920x1080 --config $(CONFIG) --label "$(DEVICE) config, 1080p" --config benchmarks/pixelate.yaml --label "pixelate, 1080p"
 	$(PY) benchmarks/bench_detection.py --config $(CONFIG)
+	$(PY) benchmarks/bench_recognition.py
 	$(PY) benchmarks/bench_models.py --models $(MODELS)
 	$(PY) benchmarks/bench_sync.py
 	$(PY) benchmarks/bench_http.py

@@ -2,7 +2,8 @@
 a GStreamer pipeline string (Jetson hardware decode).
 
 A reader thread always holds only the newest frame: when filtering is slower than the camera,
-old frames are dropped, never queued. A lost source is reopened with exponential backoff."""
+old frames are dropped, never queued. A lost source is reopened with exponential backoff, and
+the consumer learns of it (``on_reconnect``) before it gets the first frame of the new connection."""
 
 from __future__ import annotations
 
@@ -59,7 +60,11 @@ def open_capture(source: Union[int, str]) -> cv2.VideoCapture:
 
 
 class LatestFrameSource:
-    """Reads a source on its own thread and keeps only the newest frame."""
+    """Reads a source on its own thread and keeps only the newest frame.
+
+    ``on_reconnect`` runs on the consumer's thread, inside ``take``, just before the first frame
+    of a reopened connection is handed out: the consumer can forget the old scene before it sees
+    the new one (a frame of the lost connection still waiting is handed out first, without it)."""
 
     def __init__(self, source: Union[int, str], loop: bool = True, fps_cap: float = 0.0, max_backoff_s: float = 30.0, on_reconnect=None) -> None:
         self.source = parse_source(source)
@@ -71,6 +76,9 @@ class LatestFrameSource:
         self._cond = threading.Condition()
         self._frame: Optional[np.ndarray] = None
         self._seq = 0
+        self._connection = 0  # which opening of the source produced the waiting frame
+        self._frame_connection = 0
+        self._taken_connection = 0
         self._stop = threading.Event()
         self.connected = False
         self.ended = False
@@ -102,6 +110,7 @@ class LatestFrameSource:
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
             self.connected, self.last_error = True, None
+            self._connection += 1
             if lost:
                 log.info("source %s reconnected", describe(self.source))
                 lost = False
@@ -116,8 +125,6 @@ class LatestFrameSource:
                 with self._cond:
                     self._cond.notify_all()
                 return
-            if self.on_reconnect:
-                self.on_reconnect()
             log.warning("source %s lost; reconnecting", describe(self.source))
             lost = True
 
@@ -136,7 +143,7 @@ class LatestFrameSource:
             with self._cond:
                 if self._frame is not None:
                     self.dropped += 1
-                self._frame = frame
+                self._frame, self._frame_connection = frame, self._connection
                 self._seq += 1
                 self._cond.notify_all()
             if period:
@@ -154,4 +161,9 @@ class LatestFrameSource:
             if self._frame is None:
                 self._cond.wait_for(lambda: self._frame is not None or self._stop.is_set() or self.ended, timeout)
             frame, self._frame = self._frame, None
-            return frame
+            connection = self._frame_connection
+        if frame is not None:
+            if self._taken_connection and connection != self._taken_connection and self.on_reconnect:
+                self.on_reconnect()
+            self._taken_connection = connection
+        return frame

@@ -19,7 +19,7 @@ from edge_agent import __version__
 from edge_agent.cameras import apply_sources, cmd_cameras
 from edge_agent.completion import bash_completion
 from edge_agent.config import SYSTEM_CONFIG, Config, ConfigError, load_config
-from edge_agent.enroll import EnrolError, embed_photos
+from edge_agent.enroll import EnrolError, embed_photos, merge_templates
 from edge_agent.models.files import ModelFileError
 from edge_agent.preflight import PreflightError, check_process, check_run
 from edge_agent.registry import Registry, RegistryError
@@ -143,16 +143,11 @@ def cmd_registry(config: Config, args: argparse.Namespace) -> int:
     registry = Registry(config.registry_path)
     try:
         if args.registry_cmd == "add":
-            from edge_agent.models.loader import load_detector, require_embedder
-
-            embedder, sig = require_embedder(config)
-            vectors = embed_photos([Path(p) for p in args.photos], load_detector(config), embedder, config.recognition.min_face_px, config.recognition.threshold, config.recognition.max_null_similarity)
-            registry.upsert_person(args.name, vectors, sig)
-            print(f"registered {args.name!r} from {len(vectors)} photo(s); {registry.count()} people in {config.registry_path}")
+            _registry_add(config, registry, args)
         elif args.registry_cmd == "list":
             people = registry.people()
             for person in people:
-                print(f"{person.name}\t{len(person.embeddings)} embedding(s)\t{person.model_sig}")
+                print(f"{person.name}\t{len(person.embeddings)} template(s)\t{person.model_sig}")
             print(f"{len(people)} people, version {registry.version}", file=sys.stderr)
         elif args.registry_cmd == "remove":
             if not registry.remove_person(args.name):
@@ -161,6 +156,38 @@ def cmd_registry(config: Config, args: argparse.Namespace) -> int:
     finally:
         registry.close()
     return 0
+
+
+def max_templates(config: Config) -> int:
+    """Templates per person: what a sync payload may carry (``mqtt.max_embeddings_per_person``)."""
+    from edge_agent.config import MqttConfig
+
+    return config.mqtt.max_embeddings_per_person if config.mqtt else MqttConfig.model_fields["max_embeddings_per_person"].default
+
+
+def _registry_add(config: Config, registry: Registry, args: argparse.Namespace) -> None:
+    from edge_agent.models.loader import load_detector, require_embedder
+
+    existing = registry.find(args.name)
+    if existing is not None and not (args.replace or args.append):
+        raise UsageError(f"{args.name!r} is already registered ({len(existing.embeddings)} templates): "
+                         "pass --replace to replace them or --append to add these photos")
+    embedder, sig = require_embedder(config)
+    rec, limit = config.recognition, max_templates(config)
+    enrolment = embed_photos([Path(p) for p in args.photos], load_detector(config), embedder, rec.min_face_px, rec.threshold,
+                             rec.max_null_similarity, limit)
+    for warning in enrolment.warnings:
+        print(f"edge-agent: warning: {warning}", file=sys.stderr)
+    templates = enrolment.templates
+    if existing is not None and args.append:
+        if existing.embeddings.size and existing.model_sig != sig:
+            raise UsageError(f"{args.name!r} was registered with another model ({existing.model_sig}): use --replace")
+        templates = merge_templates(existing.embeddings, enrolment, rec.threshold, limit)
+    registry.upsert_person(args.name, templates, sig)
+    action = "appended to" if existing is not None and args.append else ("replaced" if existing is not None else "registered")
+    print(f"{action} {args.name!r}: {len(enrolment.templates)} templates from {len(args.photos)} photo(s) "
+          f"({', '.join(map(str, enrolment.per_photo))} per photo), {len(templates)} stored; "
+          f"{registry.count()} people in {config.registry_path}")
 
 
 def cmd_completion(config: None, args: argparse.Namespace) -> int:
@@ -213,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg_sub = reg.add_subparsers(dest="registry_cmd", required=True, metavar="ACTION")
     add = reg_sub.add_parser("add", parents=[common], help="register a person from one or more photos (one face each)")
     add.add_argument("--name", required=True, help="the person's name as shown in the registry")
+    mode = add.add_mutually_exclusive_group()
+    mode.add_argument("--replace", action="store_true", help="the name exists: replace its templates")
+    mode.add_argument("--append", action="store_true", help="the name exists: add these photos' templates to it")
     add.add_argument("photos", nargs="+", help="photos of the person, exactly one face in each")
     reg_sub.add_parser("list", parents=[common], help="list registered people")
     remove = reg_sub.add_parser("remove", parents=[common], help="remove a person")

@@ -88,28 +88,31 @@ class CameraConfig(Strict):
 
 
 class RecognitionConfig(Strict):
+    """Who may be shown (``decide.py``): bounds on a track's pooled evidence and on each new frame."""
+
     enabled: bool = True
-    # Chosen from same/different-person cosines measured on ../shared/faces (README, "Thresholds").
-    threshold: float = Field(0.42, gt=0, lt=1)
-    min_votes: int = Field(2, ge=1, description="agreeing recognitions needed before a face is shown")
-    window: int = Field(5, ge=1, description="recent recognitions kept per track")
-    recheck_frames: int = Field(10, ge=1, description="re-verify a shown track this often")
+    # From the track-level LFW evaluation (reports/recognition/report.md; README, "Who may be shown").
+    threshold: float = Field(0.50, gt=0, lt=1, description="pooled template's cosine to a registered person's templates needed to show")
+    min_margin: float = Field(0.05, ge=0, lt=1, description="...and its lead over the next registered person")
+    min_frames: int = Field(3, ge=2, description="embeddings pooled before a video track may be shown (a still photo needs one)")
+    min_weight: float = Field(0.5, ge=0, description="summed quality weight (size, sharpness, pose, blankness) pooled before showing")
+    min_agreement: float = Field(0.30, gt=-1, lt=1, description="a new embedding less similar than this to the track's pool restarts it")
+    min_continuity: float = Field(0.40, gt=-1, lt=1, description="a new embedding less similar than this to the previous frame's restarts it")
+    candidate_similarity: float = Field(0.25, gt=-1, lt=1, description="hidden tracks this close to a registered person are embedded every frame")
+    recheck_frames: int = Field(10, ge=1, description="other hidden tracks are embedded this often")
     min_face_px: int = Field(28, ge=8, description="smaller faces are never recognised, so never shown")
     max_null_similarity: float = Field(
         0.35, gt=0, le=1, description="a face whose embedding is this close to a blank face's carries no identity: never shown"
     )
-
-    @model_validator(mode="after")
-    def _votes_fit_window(self):
-        if self.min_votes > self.window:
-            raise ValueError("min_votes cannot exceed window")
-        return self
 
 
 class TrackerConfig(Strict):
     iou_match: float = Field(0.3, gt=0, lt=1)
     reverify_iou: float = Field(0.5, gt=0, lt=1, description="a weaker match than this resets the vote")
     hold_frames: int = Field(8, ge=0, description="keep hiding a face this many frames after the detector loses it")
+    scene_cut: float = Field(
+        30.0, gt=0, le=255, description="mean grey change (0-255) of a 32x18 thumbnail that ends every track (a cut)"
+    )
 
 
 class DiffusionConfig(Strict):

@@ -1,5 +1,9 @@
 """One camera's way through: detect -> track -> recognise (due tracks) -> decide -> anonymize.
 
+Evidence per track lives in ``evidence.py``, who may be shown in ``decide.py``; this module
+only wires them: it embeds the due tracks, weighs each embedding, and ends every track on a
+scene cut or a source reconnect.
+
 ``FramePipeline.filter`` may raise; ``FailClosed`` is the only thing that hands frames out, and
 it turns any exception or overrun into a fully redacted frame. A ``FilteredFrame`` is the
 only type the frame buffer and the API accept, and only ``FailClosed`` makes one.
@@ -21,10 +25,12 @@ from edge_agent.anonymize.base import Anonymizer
 from edge_agent.audit import AuditSink, NoAudit
 from edge_agent.anonymize.classical import redact_frame
 from edge_agent.config import Config
-from edge_agent.decide import UNKNOWN, VotePolicy
+from edge_agent.decide import EvidencePolicy
+from edge_agent.evidence import face_quality
 from edge_agent.gallery import GalleryProvider
 from edge_agent.models.arcface import ArcFaceEmbedder
 from edge_agent.models.loader import Detector
+from edge_agent.scene import SceneCut
 from edge_agent.stats import CameraStats
 from edge_agent.tracker import IouTracker, Track
 
@@ -43,7 +49,7 @@ class FramePipeline:
         anonymizer: Anonymizer,
         fallback: Anonymizer,
         stats: CameraStats,
-        min_votes: Optional[int] = None,
+        still: bool = False,
         audit: Optional[AuditSink] = None,
     ) -> None:
         self.audit = audit or NoAudit()
@@ -54,14 +60,28 @@ class FramePipeline:
         self.fallback = fallback
         self.stats = stats
         recognition = config.recognition
-        if min_votes is not None:
-            recognition = recognition.model_copy(update={"min_votes": min_votes})
-        self.threshold = recognition.threshold
         self.max_null_similarity = recognition.max_null_similarity
-        self.policy = VotePolicy(recognition, config.tracker.reverify_iou)
+        self.policy = EvidencePolicy(recognition, config.tracker.reverify_iou, still=still)
         self.tracker = IouTracker(config.tracker.iou_match, config.tracker.hold_frames)
         self.max_frame_pixels = config.pipeline.max_frame_pixels
+        self.scene = SceneCut(config.tracker.scene_cut)
         self._gallery = None
+        self._source_changed = threading.Event()
+
+    def source_changed(self) -> None:
+        """The source reconnected (called from the capture side): the next frame may show another
+        scene, so it starts without tracks."""
+        self._source_changed.set()
+
+    def _scene_reset(self, frame: np.ndarray) -> bool:
+        cut = self.scene.is_cut(frame)
+        if self._source_changed.is_set():
+            self._source_changed.clear()
+            cut = True
+        if cut:
+            self.tracker.reset()
+            self.stats.add("scene_resets")
+        return cut
 
     def filter(self, frame: np.ndarray) -> np.ndarray:
         """Anonymize ``frame`` in place and return it; raises if any stage fails."""
@@ -71,6 +91,7 @@ class FramePipeline:
         with stats.timed("detect"):
             faces = self.detector.detect(frame)
         with stats.timed("track"):
+            self._scene_reset(frame)
             seen, coasting = self.tracker.update(faces)
             for ended in self.tracker.ended:
                 self.anonymizer.forget(ended.seed)
@@ -80,14 +101,16 @@ class FramePipeline:
         hide: list[Track] = []
         shown: list[Track] = []
         for track in seen:
-            (hide if self.policy.shown_as(track) is None else shown).append(track)
+            (hide if track.shown_as is None else shown).append(track)
         stats.add("faces_shown", len(shown))
         now = time.time()  # the audit trail: who is let through, where, when; never a pixel
-        for track in shown:  # score: the share of the track's recent recognitions that agree
-            person = self.policy.shown_as(track)
-            self.audit.shown(person, stats.name, track.votes.count(person) / len(track.votes), now)
-        # A face the detector lost for a moment stays hidden where it was last seen.
-        hide.extend(t for t in coasting if self.policy.shown_as(t) is None)
+        for track in shown:  # score: the pooled cosine to the person shown
+            self.audit.shown(track.shown_as, stats.name, track.best_score, now)
+        # A face the detector lost for a moment stays hidden where it was last seen; it is not
+        # verified, so even a shown one is hidden (and re-verified when it comes back).
+        for track in coasting:
+            self.policy.restart(track, "coasting")
+        hide.extend(coasting)
         with stats.timed("anonymize"):
             saved = self._protect(frame, shown, hide)
             self._anonymize(frame, hide)
@@ -116,25 +139,25 @@ class FramePipeline:
         if self.embedder is None or self.gallery is None:
             return  # nobody can be verified, so nobody is shown
         gallery = self.gallery.current()
-        if gallery is not self._gallery:  # the registry changed: removed people lose their votes now
-            present = set(gallery.person_ids)
+        if gallery is not self._gallery:  # the registry changed: nobody keeps evidence gathered against the old one
             for track in self.tracker.tracks:
-                self.policy.forget_people(track, present)
+                self.policy.restart(track, "registry")
             self._gallery = gallery
-        due = [t for t in tracks if self.policy.due(t)]
-        small = [t for t in due if not self.policy.recognisable(t)]
-        for track in small:
-            self.policy.record(track, UNKNOWN)
-        due = [t for t in due if self.policy.recognisable(t)]
+        for track in tracks:
+            self.policy.before_embedding(track)
+        due = [t for t in tracks if self.policy.recognisable(t) and self.policy.due(t)]
+        embedded = {id(t) for t in due}
+        for track in tracks:
+            if id(track) not in embedded:
+                self.policy.not_embedded(track)
         if not due:
             return
         embeddings = self.embedder.embed(frame, [t.face for t in due])
         self.stats.add("recognitions", len(due))
-        people, scores = gallery.match(embeddings)
-        blank = self.embedder.null_similarity(embeddings) >= self.max_null_similarity
-        for track, person, score, no_identity in zip(due, people, scores, blank):
-            ok = person >= 0 and score >= self.threshold and not no_identity
-            self.policy.record(track, gallery.person_ids[person] if ok else UNKNOWN)
+        null = self.embedder.null_similarity(embeddings)
+        for track, embedding, blank in zip(due, embeddings, null):
+            weight = face_quality(track.face, frame, float(blank), self.max_null_similarity)
+            self.policy.observe(track, embedding, weight, gallery.person_ids, gallery.person_scores)
 
     def _anonymize(self, frame: np.ndarray, tracks: list[Track]) -> None:
         self.anonymizer.begin_frame()

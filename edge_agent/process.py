@@ -49,7 +49,7 @@ def process_file(models: Models, source: Path, output: Path, progress: bool = Tr
     if source.suffix.lower() in IMAGE_SUFFIXES:
         image = read_image(source, models.config.pipeline.max_frame_pixels)
         # A still photo has no temporal evidence to gather: one confident recognition decides.
-        guard = models.pipeline(stats, min_votes=1)
+        guard = models.pipeline(stats, still=True)
         start = time.perf_counter()
         try:
             out, _ = guard.filter_array(image)

@@ -74,6 +74,14 @@ class Gallery:
         best_row = np.argmax(sims, axis=1)
         return self.owner[best_row], sims[np.arange(n), best_row]
 
+    def person_scores(self, embeddings: np.ndarray) -> np.ndarray:
+        """[n, people]: each query's best cosine over each person's templates (rows are grouped
+        by person, so one matrix product and one segmented max)."""
+        if not self.person_ids:
+            return np.zeros((embeddings.shape[0], 0), np.float32)
+        starts = np.flatnonzero(np.r_[True, self.owner[1:] != self.owner[:-1]])
+        return np.maximum.reduceat(embeddings @ self.matrix.T, starts, axis=1)
+
 
 def _blob(vectors: np.ndarray) -> bytes:
     return np.ascontiguousarray(vectors, dtype="<f4").tobytes()

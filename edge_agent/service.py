@@ -63,9 +63,9 @@ class Models:
             if other:
                 log.warning("registry holds embeddings of other models %s: those people cannot be recognised", other)
 
-    def pipeline(self, stats: CameraStats, min_votes: Optional[int] = None) -> FailClosed:
+    def pipeline(self, stats: CameraStats, still: bool = False) -> FailClosed:
         anonymizer, fallback = build_anonymizers(self.config.anonymizer, self.embedder)
-        frame_pipeline = FramePipeline(self.config, self.detector, self.embedder, self.gallery, anonymizer, fallback, stats, min_votes,
+        frame_pipeline = FramePipeline(self.config, self.detector, self.embedder, self.gallery, anonymizer, fallback, stats, still,
                                        audit=self.audit)
         cfg = self.config.pipeline
         return FailClosed(frame_pipeline, cfg.frame_timeout_ms / 1000.0, self.config.anonymizer.frame_fallback, cfg.jpeg_quality, stats)
@@ -77,11 +77,16 @@ class CameraWorker:
         self.source_text = describe(source)
         self.stats = CameraStats(name)
         self.buffer = FrameBuffer()
-        self.source = LatestFrameSource(source, loop=loop, fps_cap=fps_cap, on_reconnect=lambda: self.stats.add("source_reconnects"))
         self.filter = models.pipeline(self.stats)
+        self.source = LatestFrameSource(source, loop=loop, fps_cap=fps_cap, on_reconnect=self._reconnected)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{name}", daemon=True)
         self.heartbeat: Optional[float] = None  # last turn of the worker loop (monotonic)
+
+    def _reconnected(self) -> None:
+        """A reopened source may show another scene: no track of the old one may carry over."""
+        self.stats.add("source_reconnects")
+        self.filter.pipeline.source_changed()
 
     def start(self) -> None:
         self.source.start()

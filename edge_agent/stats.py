@@ -20,6 +20,7 @@ COUNTERS = (
     "recognitions",
     "errors",
     "source_reconnects",
+    "scene_resets",  # every track ended: a whole-frame change or a source reconnect
 )
 
 

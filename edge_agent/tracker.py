@@ -1,14 +1,17 @@
-"""A light IoU tracker: it lets recognition run on new and due tracks only, and keeps hiding a
-face for a few frames after the detector loses it."""
+"""A light IoU tracker: it carries each face's pooled evidence from frame to frame, flags the
+associations where a box may have changed hands, and keeps hiding a face for a few frames after
+the detector loses it."""
 
 from __future__ import annotations
 
 import itertools
 import random
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
+from edge_agent.evidence import TrackEvidence
 from edge_agent.faces import Face
 
 
@@ -39,7 +42,10 @@ class Track:
     age: int = 0  # frames since creation
     missed: int = 0  # consecutive frames without a detection
     since_recognition: int = 0
-    votes: list = field(default_factory=list)  # recent recognition outcomes: person index or -1
+    evidence: TrackEvidence = field(default_factory=TrackEvidence)
+    shown_as: Optional[str] = None  # the registered person this track is shown as, else hidden
+    best_score: Optional[float] = None  # last pool's cosine to its closest registered person (None: never embedded)
+    doubt: Optional[str] = None  # why its evidence last restarted
     matched_iou: float = 1.0
     crowded: bool = False  # another detection overlaps: an identity swap is possible
     reacquired: bool = False  # matched again after coasting: maybe not the same face
@@ -52,15 +58,23 @@ class IouTracker:
         self.iou_match = iou_match
         self.hold_frames = hold_frames
         self.tracks: list[Track] = []
+        self.ended: list[Track] = []
+        self._reset_ended: list[Track] = []
         self._ids = itertools.count(1)
         self._rng = random.SystemRandom()
+
+    def reset(self) -> None:
+        """End every track (a scene cut, a reconnect): nothing carries over to the next frame;
+        the ended tracks are reported by the next ``update``."""
+        self._reset_ended = self.tracks
+        self.tracks = []
 
     def update(self, faces: list[Face]) -> tuple[list[Track], list[Track]]:
         """Associate this frame's faces; returns (tracks seen now, tracks coasting unseen).
 
         Tracks that coast too long are dropped and their ids are returned nowhere: callers
         learn of the end through ``ended``."""
-        self.ended: list[Track] = []
+        self.ended, self._reset_ended = self._reset_ended, []
         boxes = np.array([f.box for f in faces], np.float32).reshape(-1, 4)
         previous = np.array([t.face.box for t in self.tracks], np.float32).reshape(-1, 4)
         ious = iou_matrix(previous, boxes)

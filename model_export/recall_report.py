@@ -153,7 +153,7 @@ class PipelineRunner:
     def image(self, image: np.ndarray) -> np.ndarray:
         from edge_agent.stats import CameraStats
 
-        guard = self.models.pipeline(CameraStats("recall"), min_votes=1)
+        guard = self.models.pipeline(CameraStats("recall"), still=True)
         try:
             return self._filter(guard, image)
         finally:

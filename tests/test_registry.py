@@ -63,3 +63,16 @@ def test_gallery_provider_sees_other_connections(tmp_path):
     assert provider.current().names == ["ann"]
     writer.remove_person("ann")
     assert len(provider.current()) == 0
+
+
+def test_person_scores_take_each_persons_best_template(tmp_path):
+    rng = np.random.default_rng(3)
+    reg = Registry(tmp_path / "r.db")
+    ann, bob = unit(rng, 3), unit(rng, 2)
+    reg.upsert_person("ann", ann, "sig")
+    reg.upsert_person("bob", bob, "sig")
+    gallery = reg.gallery("sig")
+    queries = np.concatenate([ann[2:], bob[:1], unit(rng)])
+    scores = gallery.person_scores(queries)
+    expected = np.stack([(queries @ (ann if n == "ann" else bob).T).max(axis=1) for n in gallery.names], axis=1)
+    assert scores.shape == (3, 2) and np.allclose(scores, expected, atol=1e-6)

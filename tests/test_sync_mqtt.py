@@ -132,6 +132,22 @@ def test_enrol_recognise_remove_with_real_faces(shared_dir, models_dir, broker, 
         _, cos_stranger = gallery["g"].match(stranger)
         assert cos_stranger[0] < 0.42  # someone else is still not shown
 
+        # Camera-scale templates travel to the device; an existing name needs --replace or --append.
+        capsys.readouterr()
+        first = len(registry.find("Barack Obama").embeddings)
+        assert 2 < first <= cfg.max_embeddings_per_person
+        obama2 = str(examples / "obama2.jpg")
+        assert admin_cli.main(cli + ["enroll", "--name", "Barack Obama", "--models", str(models_dir), obama2]) == 1
+        assert "--replace" in capsys.readouterr().err
+        assert admin_cli.main(cli + ["enroll", "--name", "Barack Obama", "--append", "--models", str(models_dir), obama2]) == 0
+        assert f"{2 * first} stored" in capsys.readouterr().out
+        assert wait_for(lambda: len(registry.find("Barack Obama").embeddings) == 2 * first)
+        assert admin_cli.main(cli + ["enroll", "--name", "Barack Obama", "--append", "--models", str(models_dir),
+                                     str(examples / "biden.jpg")]) == 1  # someone else's photo is refused
+        assert admin_cli.main(cli + ["enroll", "--name", "Barack Obama", "--replace", "--models", str(models_dir),
+                                     str(examples / "obama.jpg")]) == 0
+        assert wait_for(lambda: len(registry.find("Barack Obama").embeddings) == first)
+
         capsys.readouterr()
         assert admin_cli.main(cli + ["devices", "--wait", "0.5"]) == 0
         table = capsys.readouterr().out

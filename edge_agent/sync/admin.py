@@ -100,10 +100,11 @@ class Admin:
     def model_sig(self) -> Optional[str]:
         return self.registry.get_meta("model_sig")
 
-    def enroll(self, name: str, embeddings: np.ndarray, model_sig: str, publish: bool = True,
+    def enroll(self, name: str, embeddings: np.ndarray, model_sig: str, publish: bool = True, existing_ok: bool = False,
                valid_from: Optional[float] = None, valid_until: Optional[float] = None) -> dict:
-        """Add or replace ``name`` (consent from ``valid_from`` until ``valid_until``, UTC seconds,
-        either open); returns the signed event's body (already published)."""
+        """Add ``name`` (or, with ``existing_ok``, replace their templates), consent from ``valid_from``
+        until ``valid_until`` (UTC seconds, either open); returns the signed event's body (already
+        published). ``embeddings`` is every template the person keeps."""
         vectors = np.asarray(embeddings, np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != protocol.EMBEDDING_DIM:
             raise AdminError(f"embeddings must be [k, {protocol.EMBEDDING_DIM}]")
@@ -118,6 +119,12 @@ class Admin:
                     raise AdminError(f"the registry holds embeddings of model {current}; this embedder is {model_sig}: "
                                      "re-enrol everyone with one model")
                 existing = self.registry.find(name)
+                if existing is not None and not existing_ok:
+                    raise AdminError(f"{name!r} is already enrolled ({len(existing.embeddings)} templates): "
+                                     "pass --replace to replace them or --append to add these photos")
+                if len(vectors) > self.config.max_embeddings_per_person:
+                    raise AdminError(f"{len(vectors)} templates, more than a sync payload carries "
+                                     f"(mqtt.max_embeddings_per_person {self.config.max_embeddings_per_person})")
                 person_id = existing.person_id if existing else uuid.uuid4().hex
                 try:
                     self.registry.upsert_person(name, vectors, model_sig, person_id)

@@ -1,7 +1,7 @@
 """``edge-admin``: the site's consent registry, signed and published to every camera.
 
     edge-admin keygen [--passphrase-file F]
-    edge-admin enroll --name "Ada Lovelace" [--valid-from 2026-01-01] [--valid-until 2027-06-30] photo1.jpg photo2.jpg
+    edge-admin enroll --name "Ada Lovelace" [--valid-from 2026-01-01] [--valid-until 2027-06-30] photo1.jpg photo2.jpg  [--replace | --append]
     edge-admin validity "Ada Lovelace" --valid-until 2027-12-31
     edge-admin remove "Ada Lovelace"
     edge-admin purge --person "Ada Lovelace"
@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import yaml
 from pydantic import ValidationError
 
@@ -106,8 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     k = sub.add_parser("keygen", parents=[common], help="create the Ed25519 signing key pair (private key mode 0600)")
     k.add_argument("--force", action="store_true", help="replace an existing key (devices must get the new public key)")
-    e = sub.add_parser("enroll", parents=[common], help="add or replace a person from one or more photos (one face each)")
+    e = sub.add_parser("enroll", parents=[common], help="add a person from one or more photos (one face each); --replace or --append for a name that exists")
     e.add_argument("--name", required=True, help="the person's name")
+    mode = e.add_mutually_exclusive_group()
+    mode.add_argument("--replace", action="store_true", help="the name exists: replace its templates")
+    mode.add_argument("--append", action="store_true", help="the name exists: add these photos' templates to it")
     e.add_argument("--models", type=Path, help="model folder (default: the site file's models:, else env EDGE_AGENT_MODELS)")
     e.add_argument("--valid-from", type=utc_time, help="consent starts (UTC date or time; default: now)")
     e.add_argument("--valid-until", type=_until, help="consent ends (a date includes that whole day, UTC; default: no end)")
@@ -172,55 +174,57 @@ def _config(args, site: dict, home: Path) -> MqttConfig:
     return MqttConfig.model_validate(raw)
 
 
-def embed_photos(models: Path, photos: list[Path]) -> tuple[np.ndarray, str]:
-    """Embeddings (one per photo, exactly one face each) with the devices' embedder, and its signature."""
-    import cv2
-
-    from edge_agent.config import DetectorConfig, EmbedderConfig
+def embed_photos(models: Path, photos: list[Path], max_templates: int):
+    """Camera-scale templates (``edge_agent.enroll``) with the devices' detector and embedder, and
+    the embedder's signature."""
+    from edge_agent.config import DetectorConfig, EmbedderConfig, RecognitionConfig
+    from edge_agent.enroll import EnrolError, embed_photos as enrol
     from edge_agent.models.arcface import ArcFaceEmbedder
     from edge_agent.models.files import model_signature, resolve
     from edge_agent.models.yunet import YuNet
 
-    det_cfg, emb_cfg = DetectorConfig(), EmbedderConfig()
+    det_cfg, emb_cfg, rec = DetectorConfig(), EmbedderConfig(), RecognitionConfig()
     detector = YuNet(resolve(models, det_cfg.file), det_cfg.score_threshold, det_cfg.nms_threshold, det_cfg.max_side)
     embedder_path = resolve(models, emb_cfg.file)
     embedder = ArcFaceEmbedder(embedder_path)
-    rows = []
-    for photo in photos:
-        image = cv2.imread(str(photo), cv2.IMREAD_COLOR)
-        if image is None:
-            raise AdminError(f"{photo}: not a readable image")
-        faces = detector.detect(image)
-        if len(faces) != 1:
-            raise AdminError(f"{photo}: found {len(faces)} faces; use photos with exactly one face")
-        rows.append(embedder.embed(image, faces)[0])
-        del image
-    return np.stack(rows).astype(np.float32), model_signature(embedder_path)
+    try:
+        enrolment = enrol(photos, detector, embedder, rec.min_face_px, rec.threshold, rec.max_null_similarity, max_templates)
+    except EnrolError as exc:
+        raise AdminError(str(exc)) from None
+    return enrolment, model_signature(embedder_path)
 
 
-def _passphrase(args) -> Optional[bytes]:
-    """From --passphrase-file, the service manager's credential, or EDGE_ADMIN_KEY_PASSPHRASE."""
-    path = args.passphrase_file
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if path is None and creds and (Path(creds) / "admin-key-passphrase").is_file():
-        path = Path(creds) / "admin-key-passphrase"
-    if path is not None:
+def _enroll(admin: Admin, config: MqttConfig, site: dict, args) -> None:
+    from edge_agent.config import RecognitionConfig
+    from edge_agent.enroll import EnrolError, merge_templates
+
+    models = args.models or (Path(site["models"]) if site.get("models") else None) or \
+        (Path(os.environ["EDGE_AGENT_MODELS"]) if os.environ.get("EDGE_AGENT_MODELS") else None)
+    if models is None:
+        raise AdminError("give the model folder with --models, the site file's models: or EDGE_AGENT_MODELS")
+    existing = admin.registry.find(args.name)
+    if existing is not None and not (args.replace or args.append):
+        raise AdminError(f"{args.name!r} is already enrolled ({len(existing.embeddings)} templates): "
+                         "pass --replace to replace them or --append to add these photos")
+    admin.key()  # a missing key or wrong passphrase before minutes of embedding
+    enrolment, model_sig = embed_photos(models, args.photos, config.max_embeddings_per_person)
+    for warning in enrolment.warnings:
+        print(f"edge-admin: warning: {warning}", file=sys.stderr)
+    templates = enrolment.templates
+    if existing is not None and args.append:
+        if existing.model_sig != model_sig:
+            raise AdminError(f"{args.name!r} was enrolled with another model ({existing.model_sig}): use --replace")
         try:
-            text = path.read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            raise AdminError(f"cannot read the passphrase file {path} ({exc.strerror or exc})") from None
-        if not text:
-            raise AdminError(f"the passphrase file {path} is empty")
-        return text
-    value = os.environ.get("EDGE_ADMIN_KEY_PASSPHRASE")
-    return value.encode() if value else None
-
-
-def _key_path(args) -> Optional[Path]:
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if args.key is None and creds and (Path(creds) / PRIVATE_KEY).is_file():
-        return Path(creds) / PRIVATE_KEY
-    return args.key
+            templates = merge_templates(existing.embeddings, enrolment, RecognitionConfig().threshold, config.max_embeddings_per_person)
+        except EnrolError as exc:
+            raise AdminError(str(exc)) from None
+        # photos appended to a consent keep its period unless the operator gives a new one
+        if args.valid_from is None and args.valid_until is None:
+            args.valid_from, args.valid_until = existing.valid_from, existing.valid_until
+    body = admin.enroll(args.name, templates, model_sig, existing_ok=existing is not None,
+                        valid_from=args.valid_from, valid_until=args.valid_until)
+    print(f"enrolled {args.name!r}: {len(enrolment.templates)} templates from {len(args.photos)} photo(s), {len(templates)} stored "
+          f"(model {model_sig}{_period(args)}): registry version {body['version']}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -244,15 +248,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         admin = Admin(home, config, key, _passphrase(args))
         try:
             if args.command == "enroll":
-                models = args.models or (Path(site["models"]) if site.get("models") else None) or \
-                    (Path(os.environ["EDGE_AGENT_MODELS"]) if os.environ.get("EDGE_AGENT_MODELS") else None)
-                if models is None:
-                    raise AdminError("give the model folder with --models, the site file's models: or EDGE_AGENT_MODELS")
-                admin.key()  # a missing key or wrong passphrase before minutes of embedding
-                embeddings, model_sig = embed_photos(models, args.photos)
-                body = admin.enroll(args.name, embeddings, model_sig, valid_from=args.valid_from, valid_until=args.valid_until)
-                print(f"enrolled {args.name!r} ({len(embeddings)} embedding(s), model {model_sig}{_period(args)}): "
-                      f"registry version {body['version']}")
+                _enroll(admin, config, site, args)
             elif args.command == "validity":
                 person = admin.registry.find(args.name) or admin.registry.get(args.name)
                 if person is None:
