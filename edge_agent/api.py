@@ -22,11 +22,11 @@ from edge_agent.service import Agent, CameraWorker
 from edge_agent.stats import prometheus_text
 
 BOUNDARY = "frame"
-NO_CAMERA = "no camera configured"
+NO_CAMERA_STATUS = "no camera configured"
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 # Documented in the schema: what a client of each route may get besides its 200.
 UNAUTHORIZED = {401: {"description": "missing or wrong bearer token, or no valid session"}}
-NO_CAMERA = {404: {"description": "no camera with that name"}}
+UNKNOWN_CAMERA = {404: {"description": "no camera with that name"}}
 NO_FRAME = {503: {"description": "the camera has not produced a filtered frame yet"}}
 
 
@@ -74,7 +74,7 @@ def create_app(agent: Agent, token: str, api: Optional[ApiConfig] = None) -> Fas
         ok = agent.healthy()
         consent = agent.consent()
         ok = ok and not (consent["registered_hidden"] and agent.models.embedder is not None)
-        status = "ok" if ok else "degraded" if agent.cameras else NO_CAMERA
+        status = "ok" if ok else "degraded" if agent.cameras else NO_CAMERA_STATUS
         body = {"status": status, "version": __version__, "recognition": agent.models.embedder is not None,
                 "cameras": cameras, "consent": consent}
         return JSONResponse(body, status_code=200 if ok else 503)
@@ -93,7 +93,7 @@ def create_app(agent: Agent, token: str, api: Optional[ApiConfig] = None) -> Fas
         return {"cameras": sorted(agent.cameras)}
 
     @app.get("/api/cameras/{name}/latest.jpg", dependencies=[Depends(authorized)], response_class=Response,
-             responses={200: {"content": {"image/jpeg": {}}, "description": "the newest filtered frame"}, **UNAUTHORIZED, **NO_CAMERA, **NO_FRAME})
+             responses={200: {"content": {"image/jpeg": {}}, "description": "the newest filtered frame"}, **UNAUTHORIZED, **UNKNOWN_CAMERA, **NO_FRAME})
     def latest(name: str) -> Response:
         _, frame = camera(name).buffer.latest()
         if frame is None:
@@ -102,7 +102,7 @@ def create_app(agent: Agent, token: str, api: Optional[ApiConfig] = None) -> Fas
 
     @app.get("/api/cameras/{name}/stream.mjpg", dependencies=[Depends(authorized)], response_class=StreamingResponse,
              responses={200: {"content": {f"multipart/x-mixed-replace; boundary={BOUNDARY}": {}}, "description": "filtered frames as MJPEG"},
-                        **UNAUTHORIZED, **NO_CAMERA})
+                        **UNAUTHORIZED, **UNKNOWN_CAMERA})
     async def stream(name: str, request: Request, max_frames: Optional[int] = None) -> StreamingResponse:
         buffer = camera(name).buffer
         period = 1.0 / agent.config.api.mjpeg_max_fps

@@ -27,6 +27,7 @@ from edge_agent.models.loader import Detector
 # A photo whose face is narrower than this gives camera-size views that are upscaled, not real.
 GOOD_FACE_PX = 100
 POOR_QUALITY = 0.5  # face_quality() of the photo below this: warn
+ENROL_MIN_SCORE = 0.5  # detector confidence a registration face needs (YuNet's default threshold)
 FLIP_ORDER = [1, 0, 2, 4, 3]  # landmark order after a mirror: eyes and mouth corners swap
 
 
@@ -151,7 +152,9 @@ def embed_photos(
     originals, groups, warnings = [], [], []
     for path in paths:
         image = read_image(path)
-        faces = detector.detect(image)
+        # The detector stack also reports weak candidates (profiles, heads cut by the border) so
+        # that the filter hides them; a registration needs a clear face, so only confident ones count.
+        faces = [f for f in detector.detect(image) if f.score >= ENROL_MIN_SCORE]
         if len(faces) != 1:
             raise EnrolError(f"{path}: found {len(faces)} faces; a registration photo must show exactly one")
         face = faces[0]

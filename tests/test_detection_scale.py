@@ -152,7 +152,7 @@ def test_profile_head_cut_by_the_border_of_the_demo_clip_is_anonymized(shared_di
     models = Models(config)
     examples = shared_dir / "faces/face_recognition/examples"
     for name, photo in (("lin", "lin-manuel-miranda.png"), ("alex", "alex-lacamoire.png")):
-        vectors = embed_photos([examples / photo], models.detector, models.embedder, config.recognition.min_face_px, config.recognition.threshold)
+        vectors = embed_photos([examples / photo], models.detector, models.embedder, config.recognition.min_face_px, config.recognition.threshold).templates
         models.registry.upsert_person(name, vectors, models.model_sig)
     guard = models.pipeline(CameraStats("clip"))
     cap = cv2.VideoCapture(str(shared_dir / "video/short_hamilton_clip.mp4"))

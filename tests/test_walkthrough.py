@@ -86,7 +86,7 @@ def test_readme_walkthrough(shared_dir, models_dir, broker, tmp_path):  # noqa: 
         # Register the people who may be shown; the running agent picks it up without a restart.
         added = _cli(env, "registry", "add", "--config", str(DEVICE_CONFIG), "--name", "Lin-Manuel Miranda", str(photos / "lin-manuel-miranda.png"))
         assert "registered 'Lin-Manuel Miranda'" in added.stdout
-        assert "Lin-Manuel Miranda\t1 embedding(s)" in _cli(env, "registry", "list").stdout
+        assert "Lin-Manuel Miranda\t6 template(s)" in _cli(env, "registry", "list").stdout
         agent.wait(lambda: agent.get("/api/registry").json()["count"] == 1, timeout=10)
     finally:
         assert agent.stop() in (0, 130)

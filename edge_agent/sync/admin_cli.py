@@ -227,6 +227,31 @@ def _enroll(admin: Admin, config: MqttConfig, site: dict, args) -> None:
           f"(model {model_sig}{_period(args)}): registry version {body['version']}")
 
 
+def _passphrase(args) -> Optional[bytes]:
+    """From --passphrase-file, the service manager's credential, or EDGE_ADMIN_KEY_PASSPHRASE."""
+    path = args.passphrase_file
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if path is None and creds and (Path(creds) / "admin-key-passphrase").is_file():
+        path = Path(creds) / "admin-key-passphrase"
+    if path is not None:
+        try:
+            text = path.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise AdminError(f"cannot read the passphrase file {path} ({exc.strerror or exc})") from None
+        if not text:
+            raise AdminError(f"the passphrase file {path} is empty")
+        return text
+    value = os.environ.get("EDGE_ADMIN_KEY_PASSPHRASE")
+    return value.encode() if value else None
+
+
+def _key_path(args) -> Optional[Path]:
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if args.key is None and creds and (Path(creds) / PRIVATE_KEY).is_file():
+        return Path(creds) / PRIVATE_KEY
+    return args.key
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -240,7 +265,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         key = _key_path(args) or home / PRIVATE_KEY
         if args.command in ("enroll", "validity", "remove", "purge", "serve", "publish-snapshot") and not key.is_file():
-            raise AdminError(f"no admin key at {key}: run `edge-admin keygen` first (admin home {home}; "
+            raise AdminError(f"no admin private key at {key}: run `edge-admin keygen` first (admin home {home}; "
                              "--home, EDGE_ADMIN_HOME or the site file's home: choose another)")
         if not home.is_dir():
             raise AdminError(f"no admin home at {home}: run `edge-admin keygen` first")
