@@ -17,6 +17,7 @@ from edge_agent.enroll import EnrolError, read_image
 from edge_agent.service import Models
 from edge_agent.stats import CameraStats
 
+STILL_IMAGE_TIMEOUT_S = 60.0
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -42,6 +43,9 @@ def process_file(models: Models, source: Path, output: Path, progress: bool = Tr
         image = read_image(source, models.config.pipeline.max_frame_pixels)
         # A still photo has no temporal evidence to gather: one confident recognition decides.
         guard = models.pipeline(stats, min_votes=1)
+        # No frame rate to keep for a still image: a slow CPU (tiles of a large photo) must not
+        # turn it into a blank one. A failing stage still redacts it whole.
+        guard.timeout_s = max(guard.timeout_s, STILL_IMAGE_TIMEOUT_S)
         start = time.perf_counter()
         try:
             out, _ = guard.filter_array(image)
