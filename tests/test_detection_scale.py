@@ -259,3 +259,23 @@ def test_recall_command_needs_the_data(tmp_path):
 
     assert model_export(["recall", "--shared", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_slow_still_image_is_filtered_not_blanked(shared_dir, make_config, tmp_path):
+    """A large photo's tiles on a busy CPU can outlast frame_timeout_ms; offline, a still image
+    waits for its filter instead of leaving fully redacted (the suite saw this under load)."""
+    import time
+
+    config = make_config(pipeline={"frame_timeout_ms": 200}, recognition={"enabled": False})
+    models = Models(config)
+    inner = models.detector
+
+    class Slow:  # the real detector, delayed past the frame deadline
+        def detect(self, frame):
+            time.sleep(0.5)
+            return inner.detect(frame)
+
+    models.detector = Slow()
+    source = shared_dir / "faces/face_recognition/examples/obama.jpg"
+    result = process_file(models, source, tmp_path / "out.png", progress=False)
+    assert result.stats["frames_redacted"] == 0 and result.stats["faces_anonymized"] == 1
