@@ -74,9 +74,10 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup bench-venv ## speed figures: pipeline vs deface, models FP32 vs INT8, sync, anonymizer
-	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate
+	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate --config benchmarks/donor.yaml --label donor
 	$(PY) benchmarks/bench_models.py --models $(MODELS)
 	$(PY) benchmarks/bench_sync.py
+	$(PY) benchmarks/bench_donor.py --json reports/anonymizer/bench_donor.json
 	$(PY) -m model_export.anonymizer --threads 1 bench --teacher model_export/anonymizer/weights/teacher_fp16.pt
 
 # deface (the common open-source tool, the peer in bench_pipeline) pulls the GUI OpenCV build:
@@ -96,7 +97,7 @@ gen-venv: .venv-gen/.installed
 	.venv-gen/bin/pip install --quiet --no-deps random-face==2021.7.21.1
 	touch $@
 
-SYNTH_N    ?= 2400
+SYNTH_N    ?= 1600
 SYNTH_SEED ?= 9
 synth: setup gen-venv ## seeded synthetic faces, aligned, with descriptors -> data/anonymizer/synth (resumable)
 	nice -n 19 $(PY) -m model_export.anonymizer --threads 1 synth --n $(SYNTH_N) --seed $(SYNTH_SEED) --out $(DATA_DIR)/anonymizer/synth
@@ -104,10 +105,12 @@ synth: setup gen-venv ## seeded synthetic faces, aligned, with descriptors -> da
 donor-bank: synth ## pack the donor bank asset (edge_agent/assets/donor_bank.npz) from the synthetic faces
 	$(PY) -m model_export.anonymizer donor-bank --synth $(DATA_DIR)/anonymizer/synth --out edge_agent/assets/donor_bank.npz
 
-eval-anonymizer: setup ## re-ID (project + independent dlib recogniser), validity, landmarks, stability, degree sweep -> reports/anonymizer
+eval-anonymizer: setup ## re-ID (project + independent dlib recogniser), validity, landmarks, stability, degree sweep, realism (synthetic faces from `make synth` if present) -> reports/anonymizer
 	$(PY) -m pip install --quiet -r requirements/eval.txt
+	@test -f $(DATA_DIR)/anonymizer/lfw.npz || $(PY) -m model_export.anonymizer --threads 1 prepare --shared $(EDGE_AGENT_SHARED_DIR) --out $(DATA_DIR)/anonymizer
 	$(PY) -m model_export.anonymizer --threads 1 eval-independent --shared $(EDGE_AGENT_SHARED_DIR) --gallery 1000 --probes 1000
 	$(PY) -m model_export.anonymizer --threads 1 eval --shared $(EDGE_AGENT_SHARED_DIR) --gallery 1200 --teacher-faces 150
+	$(PY) -m model_export.anonymizer --threads 1 eval-realism --shared $(EDGE_AGENT_SHARED_DIR) --data $(DATA_DIR)/anonymizer --synth $(DATA_DIR)/anonymizer/synth --with-diffusion
 
 install-service: ## the systemd unit, user, /etc/edge-agent (DEVICE=jetson-orin-nano etc.)
 	sudo DEVICE=$(DEVICE) PREFIX=$(or $(PREFIX),$(CURDIR)) MODELS=$(abspath $(MODELS)) bash systemd/install.sh

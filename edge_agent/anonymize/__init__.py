@@ -20,7 +20,7 @@ def classical(mode: str, cfg: AnonymizerConfig) -> Anonymizer:
     return Pixelate(cfg.pixelate_blocks) if mode == "pixelate" else CLASSICAL[mode]()
 
 
-def donor(cfg: AnonymizerConfig, fallback: Anonymizer, embedder=None) -> Anonymizer:
+def donor_engine(cfg: AnonymizerConfig, fallback: Anonymizer, embedder=None) -> Anonymizer:
     """The donor anonymizer, or the classical fallback for every face when its bank cannot load."""
     from edge_agent.anonymize.donor import BANK, DonorAnonymizer
 
@@ -40,7 +40,7 @@ def build_anonymizers(cfg: AnonymizerConfig, embedder=None) -> tuple[Anonymizer,
     ``embedder`` (the agent's recogniser) lets the diffusion anonymizer check each generated face."""
     fallback = classical(cfg.fallback, cfg)
     if cfg.mode == "donor":
-        return donor(cfg, fallback, embedder), fallback
+        return donor_engine(cfg, fallback, embedder), fallback
     if cfg.mode != "diffusion":
         return classical(cfg.mode, cfg), fallback
     from edge_agent.anonymize.diffusion import DiffusionAnonymizer

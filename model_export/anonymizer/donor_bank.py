@@ -19,7 +19,7 @@ from tqdm import tqdm
 from model_export.anonymizer.synth import load
 
 MIN_SCORE = 0.8
-JPEG_QUALITY = 90
+JPEG_QUALITY = 85
 
 
 def pack(synth_dir: Path, out: Path, limit: int = 0) -> str:
