@@ -46,13 +46,14 @@ BANK = Path(__file__).resolve().parent.parent / "assets" / "donor_bank.npz"
 BANK_SIDE = 128  # aligned crop side of the packed donors
 SMALL_FACE_PX = 56.0  # narrower faces are rendered from a 64 px crop, wider ones from 128 px
 SIZE_CLASSES = (64, 128)
-PASTE_REACH = (1.1, 0.85, 1.12)  # paste ellipse: brow and chin in eye-to-mouth spans, half width in eye distances
+PASTE_REACH = (0.9, 0.85, 1.12)  # paste ellipse: brow and chin in eye-to-mouth spans, half width in eye distances
 NEAREST = 12  # donors close in pose and tone among which the track's seed picks
 POSE_SCALE = np.array([0.08, 0.06], np.float32)  # yaw, pitch units: a "close" pose
 TONE_SCALE = np.array([14.0, 4.0, 4.0], np.float32)  # L*, a*, b* units: a "close" skin tone
 STAT_SMOOTHING = 0.35  # weight of the current frame in the per-track colour statistics
 MIRROR = (1, 0, 2, 4, 3)  # landmark order after a horizontal flip
 TPS_LATTICE = 33  # thin-plate spline evaluated on this many nodes a side
+SHARPEN_MAX = 2.0  # unsharp-mask amount cap: past it JPEG blocks and donor skin turn to crinkles
 MAX_YAW = 0.55  # |yaw| beyond this (nose past ~half an eye distance off-centre) is a profile
 GEOMETRY_SWAP = 0.6  # at degree 2, this share of the face's 5-point layout is the donor's
 
@@ -235,7 +236,7 @@ def transfer(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, inner: n
     (one gain on all channels, so a dark, flat scene also mutes the donor's colours instead of
     over-saturating them) and, below degree 2, the stranger's low-frequency shading."""
     src = ColourStats.of(donor, inner)
-    gain = float(np.clip(target.spread / src.spread, 0.2, 2.0))
+    gain = float(np.clip(target.spread / src.spread, 0.2, 1.3))
     out = (donor - src.mean) * gain + target.mean
     shade = float(np.clip(2.0 - degree, 0.0, 1.0))
     if shade > 0:
@@ -262,9 +263,11 @@ def _noise(gray: np.ndarray, mask: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(hp[mask])))
 
 
-def match_camera(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def match_camera(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, rng: np.random.Generator, upscale: float = 1.0) -> np.ndarray:
     """Donor (float32 BGR, frame pixels) blurred or sharpened so that its Laplacian detail matches
-    the original's at the same pixels, then given the original's noise floor."""
+    the original's at the same pixels, then given the original's noise floor. ``upscale`` (frame
+    pixels per crop pixel) sets the sharpening scale: an enlarged crop's finest detail is that much
+    coarser."""
     if mask.sum() < 16:
         return donor
     g_o = cv2.cvtColor(original, cv2.COLOR_BGR2GRAY).astype(np.float32)
@@ -283,8 +286,8 @@ def match_camera(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, rng:
         if hi > 0.05:
             out = cv2.GaussianBlur(donor, (0, 0), hi)
     elif have < target * 0.95 and have > 1e-3:
-        amount = float(np.clip(2.0 * (target / have - 1.0), 0.0, 3.0))
-        out = donor + amount * (donor - cv2.GaussianBlur(donor, (0, 0), 0.8))
+        amount = float(np.clip(2.0 * (target / have - 1.0), 0.0, SHARPEN_MAX))
+        out = donor + amount * (donor - cv2.GaussianBlur(donor, (0, 0), 0.8 * max(1.0, upscale)))
     g_now = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_BGR2GRAY).astype(np.float32)
     add = np.sqrt(max(_noise(g_o, mask) ** 2 - _noise(g_now, mask) ** 2, 0.0))
     if add > 0.3:
@@ -513,7 +516,7 @@ def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray
     warped = cv2.warpAffine(new_bgr, shift, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
     a = cv2.warpAffine(alpha, shift, (rw, rh), flags=cv2.INTER_LINEAR)
     original = frame[y0:y1, x0:x1]
-    warped = match_camera(warped, original, a > 0.5, rng)
+    warped = match_camera(warped, original, a > 0.5, rng, float(np.sqrt(abs(np.linalg.det(inv[:, :2])))))
     base, base_w = base_layer(frame, face, inv, alpha)
     # everything is computed: now write (an exception above leaves the frame untouched)
     rows, cols, _ = face_region(face, frame.shape)

@@ -19,7 +19,7 @@ def main(argv=None) -> None:
     a.add_argument("--limit", type=int, default=0)
 
     a = sub.add_parser("synth", help="seeded MobileStyleGAN faces, detected + aligned (64/128 px) with descriptors; resumable")
-    a.add_argument("--n", type=int, default=1600, help="faces to generate")
+    a.add_argument("--n", type=int, default=1200, help="faces to generate")
     a.add_argument("--seed", type=int, default=9)
     a.add_argument("--psi", type=float, default=0.7, help="truncation (lower: more typical, fewer artefacts)")
     a.add_argument("--out", type=Path, default=Path("data/anonymizer/synth"))
