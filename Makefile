@@ -97,7 +97,7 @@ gen-venv: .venv-gen/.installed
 	.venv-gen/bin/pip install --quiet --no-deps random-face==2021.7.21.1
 	touch $@
 
-SYNTH_N    ?= 1200
+SYNTH_N    ?= 1000
 SYNTH_SEED ?= 9
 synth: setup gen-venv ## seeded synthetic faces, aligned, with descriptors -> data/anonymizer/synth (resumable)
 	nice -n 19 $(PY) -m model_export.anonymizer --threads 1 synth --n $(SYNTH_N) --seed $(SYNTH_SEED) --out $(DATA_DIR)/anonymizer/synth

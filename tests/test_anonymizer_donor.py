@@ -53,7 +53,7 @@ def test_bank_matches_its_model_card():
     card = CARD.read_text()
     assert re.search(r"sha256 `([0-9a-f]{64})`", card).group(1) == digest
     bank = DonorBank()
-    assert bank.size >= 1000 and BANK.stat().st_size < 16e6
+    assert bank.size >= 800 and BANK.stat().st_size < 16e6
     assert np.all(np.isfinite(bank.pose)) and np.all(np.isfinite(bank.tone))
     crop, lm = bank.donor(bank.size + 3)  # a mirrored donor
     assert crop.shape == (128, 128, 3) and lm[0, 0] < lm[1, 0]
@@ -93,10 +93,13 @@ def test_off_centre_landmarks_get_the_whole_head_redacted(models, anon):
     out = img.copy()
     anon.anonymize(out, bad, seed=99)
     assert anon.donor_of(99) is None
-    # every pixel of the real face (its true landmarks' neighbourhood) is a mosaic cell now
+    # the real face (box interior) is blurred flat: no eye, nose or mouth edges are left
     x1, y1, x2, y2 = (int(v) for v in face.box)
-    inner = out[int(y1 + 0.2 * face.height):int(y2 - 0.1 * face.height), int(x1 + 0.15 * face.width):int(x2 - 0.15 * face.width)]
-    assert len(np.unique(inner.reshape(-1, 3), axis=0)) <= 64
+
+    def edges(im):
+        return float(cv2.Laplacian(cv2.cvtColor(im[y1:y2, x1:x2], cv2.COLOR_BGR2GRAY), cv2.CV_32F).std())
+
+    assert edges(out) < 0.1 * edges(img)
     assert cosine(emb, img, out, face) < 0.35
 
 

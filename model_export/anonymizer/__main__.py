@@ -19,7 +19,7 @@ def main(argv=None) -> None:
     a.add_argument("--limit", type=int, default=0)
 
     a = sub.add_parser("synth", help="seeded MobileStyleGAN faces, detected + aligned (64/128 px) with descriptors; resumable")
-    a.add_argument("--n", type=int, default=1200, help="faces to generate")
+    a.add_argument("--n", type=int, default=1000, help="faces to generate")
     a.add_argument("--seed", type=int, default=9)
     a.add_argument("--psi", type=float, default=0.7, help="truncation (lower: more typical, fewer artefacts)")
     a.add_argument("--out", type=Path, default=Path("data/anonymizer/synth"))
@@ -29,6 +29,7 @@ def main(argv=None) -> None:
     a.add_argument("--synth", type=Path, default=Path("data/anonymizer/synth"))
     a.add_argument("--out", type=Path, default=Path("edge_agent/assets/donor_bank.npz"))
     a.add_argument("--limit", type=int, default=0, help="at most this many donors (0 = all)")
+    a.add_argument("--grid", type=Path, default=Path("reports/anonymizer/donor_bank_grid.png"), help="contact sheet of the first donors")
 
     a = sub.add_parser("train-teacher", help="train (or resume) the multi-step teacher")
     a.add_argument("--data", type=Path, default=Path("data/anonymizer"))
@@ -86,7 +87,7 @@ def main(argv=None) -> None:
     a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
     a.add_argument("--with-diffusion", action="store_true", help="also measure the diffusion mode")
     a.add_argument("--gallery", type=int, default=1000, help="held-out LFW identities for re-ID (0: skip)")
-    a.add_argument("--dlib-probes", type=int, default=300, help="dlib re-ID probes (dlib is ~0.5 s a face here)")
+    a.add_argument("--dlib-probes", type=int, default=200, help="dlib re-ID probes (dlib is ~0.5 s a face here)")
     a.add_argument("--cache", type=Path, default=Path("build/anonymizer/dlib_gallery.npz"))
     a.add_argument("--out", type=Path, default=Path("reports/anonymizer"))
 
@@ -117,9 +118,10 @@ def main(argv=None) -> None:
 
         synth(args.n, args.seed, args.out, args.psi, args.gen_python)
     elif args.cmd == "donor-bank":
-        from model_export.anonymizer.donor_bank import pack
+        from model_export.anonymizer.donor_bank import grid, pack
 
         pack(args.synth, args.out, args.limit)
+        grid(args.out, args.grid)
     elif args.cmd == "train-teacher":
         from model_export.anonymizer.teacher import train_teacher
 

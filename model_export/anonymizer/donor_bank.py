@@ -22,6 +22,18 @@ MIN_SCORE = 0.8
 JPEG_QUALITY = 85
 
 
+def grid(bank: Path, out: Path, rows: int = 4, cols: int = 12, side: int = 80) -> None:
+    """A contact sheet of the bank's first donors (synthetic people only: safe to commit and show)."""
+    with np.load(bank, allow_pickle=False) as z:
+        jpeg, offsets = z["jpeg"], z["offsets"]
+        tiles = [cv2.resize(cv2.imdecode(jpeg[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR), (side, side), interpolation=cv2.INTER_AREA)
+                 for i in range(min(rows * cols, len(offsets) - 1))]
+    tiles += [np.zeros_like(tiles[0])] * (rows * cols - len(tiles))
+    sheet = np.vstack([np.hstack(tiles[r * cols:(r + 1) * cols]) for r in range(rows)])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), sheet)
+
+
 def pack(synth_dir: Path, out: Path, limit: int = 0) -> str:
     """Write the bank; returns its sha256."""
     data = load(synth_dir, heldout=False)
