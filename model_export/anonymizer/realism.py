@@ -365,22 +365,21 @@ def by(records: list[dict], key: str, values) -> dict:
     return {v: summary([r for r in records if r.get(key) == v], min_px=0) for v in values}
 
 
-def plots(sweep: dict, out_dir: Path) -> None:
+def plots(by_size: dict, by_gain: dict, out_dir: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
-    for row, (key, values, label) in enumerate((("size", SIZES, "face width (px)"), ("gain", GAINS, "scene brightness (gain)"))):
+    for row, (table, values, label) in enumerate(((by_size, SIZES, "face width (px)"), (by_gain, GAINS, "scene brightness (gain)"))):
         for col, (metric, title) in enumerate((("detail_ratio_median", "detail ratio (1 = same as original)"),
                                                ("hog_hit_rate", "HOG finds anonymized | original"),
                                                ("classifier_accuracy", "two-sample classifier (0.5 = ideal)"),
                                                ("median_abs_dL", "median |ΔL*|"))):
             ax = axes[row, col]
-            for name, recs in sweep.items():
-                s = by(recs, key, values)
-                ax.plot(range(len(values)), [s[v].get(metric, np.nan) for v in values], marker="o", label=name)
+            for name, s in table.items():
+                ax.plot(range(len(values)), [s[str(v)].get(metric, np.nan) for v in values], marker="o", label=name)
             ax.set_xticks(range(len(values)), [str(v) for v in values])
             ax.set_xlabel(label)
             ax.set_title(title, fontsize=9)
@@ -452,7 +451,7 @@ def evaluate_realism(args) -> dict:
         res["sources"]["synthetic (held out)"] = {k: summary(v) for k, v in sweep.items()}
         res["synthetic_by_size"] = {k: {str(s): v for s, v in by(recs, "size", SIZES).items()} for k, recs in sweep.items()}
         res["synthetic_by_gain"] = {k: {str(g): v for g, v in by(recs, "gain", GAINS).items()} for k, recs in sweep.items()}
-        plots(sweep, out_dir)
+        plots(res["synthetic_by_size"], res["synthetic_by_gain"], out_dir)
         if grid:
             cv2.imwrite(str(out_dir / "realism_grid_synthetic.png"), np.vstack(grid))
     else:
