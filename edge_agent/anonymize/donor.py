@@ -492,12 +492,12 @@ def base_layer(frame: np.ndarray, face: Face, inv: np.ndarray, alpha: np.ndarray
     shift = inv.copy()
     shift[:, 2] -= (cols.start, rows.start)
     core = cv2.warpAffine((alpha > 0).astype(np.float32), shift, (pw, ph), flags=cv2.INTER_LINEAR)
-    core = np.minimum(cv2.GaussianBlur(core, (0, 0), max(1.0, side / 60.0)) * 2.0, 1.0)[..., None]
+    core = np.minimum(cv2.GaussianBlur(core, (0, 0), max(1.0, side / 60.0)) * 2.0, 1.0)
     # distance to the head ellipse's rim, 0..1 over the outer third of the head
     depth = cv2.distanceTransform((region > 0).astype(np.uint8), cv2.DIST_L2, 3)
     fade = np.clip(depth / max(float(depth.max()) * 0.35, 1e-6), 0.0, 1.0)
-    weight = np.maximum(core[..., 0], fade) * (region > 0)
-    layer = strong * core + light * (1.0 - core)
+    weight = np.maximum(core, fade) * (region > 0)
+    layer = cv2.blendLinear(strong, light, core, 1.0 - core)
     return layer, weight.astype(np.float32)
 
 
@@ -525,8 +525,6 @@ def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray
     # everything is computed: now write (an exception above leaves the frame untouched)
     rows, cols, _ = face_region(face, frame.shape)
     patch = frame[rows, cols]
-    wb = base_w[..., None]
-    patch[:] = np.clip(base * wb + patch.astype(np.float32) * (1.0 - wb), 0, 255).astype(np.uint8)
+    patch[:] = cv2.blendLinear(base, patch, base_w, 1.0 - base_w)
     roi = frame[y0:y1, x0:x1]
-    a3 = a[..., None]
-    roi[:] = np.clip(warped * a3 + roi.astype(np.float32) * (1.0 - a3), 0, 255).astype(np.uint8)
+    roi[:] = cv2.blendLinear(np.clip(warped, 0, 255).astype(np.uint8), roi, a, 1.0 - a)
