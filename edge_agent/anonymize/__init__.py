@@ -1,4 +1,4 @@
-"""Anonymizers: classical redactions now, the diffusion engine where configured."""
+"""Anonymizers: classical redactions, and the donor or diffusion engine where configured."""
 
 from __future__ import annotations
 
@@ -20,10 +20,27 @@ def classical(mode: str, cfg: AnonymizerConfig) -> Anonymizer:
     return Pixelate(cfg.pixelate_blocks) if mode == "pixelate" else CLASSICAL[mode]()
 
 
+def donor_engine(cfg: AnonymizerConfig, fallback: Anonymizer, embedder=None) -> Anonymizer:
+    """The donor anonymizer, or the classical fallback for every face when its bank cannot load."""
+    from edge_agent.anonymize.donor import BANK, DonorAnonymizer
+
+    d = cfg.donor
+    try:
+        return DonorAnonymizer(
+            d.bank or BANK, degree=d.degree, min_face_px=d.min_face_px, small_faces=fallback,
+            embedder=embedder, max_similarity=d.max_similarity, budget_ms=d.budget_ms,
+        )
+    except Exception as exc:  # keep filtering with the classical redaction rather than not at all
+        log.error("donor anonymizer unavailable (%s); every face gets %s", exc, cfg.fallback)
+        return fallback
+
+
 def build_anonymizers(cfg: AnonymizerConfig, embedder=None) -> tuple[Anonymizer, Anonymizer]:
     """(the configured anonymizer, the classical fallback used when it fails or runs late).
     ``embedder`` (the agent's recogniser) lets the diffusion anonymizer check each generated face."""
     fallback = classical(cfg.fallback, cfg)
+    if cfg.mode == "donor":
+        return donor_engine(cfg, fallback, embedder), fallback
     if cfg.mode != "diffusion":
         return classical(cfg.mode, cfg), fallback
     from edge_agent.anonymize.diffusion import DiffusionAnonymizer

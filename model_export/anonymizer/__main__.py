@@ -1,4 +1,4 @@
-"""CLI: python -m model_export.anonymizer {prepare,train-teacher,distill,export,eval,bench}."""
+"""CLI: python -m model_export.anonymizer {prepare,synth,donor-bank,train-teacher,distill,export,eval,bench}."""
 
 from __future__ import annotations
 
@@ -17,6 +17,19 @@ def main(argv=None) -> None:
     a.add_argument("--shared", type=Path, required=True)
     a.add_argument("--out", type=Path, default=Path("data/anonymizer"))
     a.add_argument("--limit", type=int, default=0)
+
+    a = sub.add_parser("synth", help="seeded MobileStyleGAN faces, detected + aligned (64/128 px) with descriptors; resumable")
+    a.add_argument("--n", type=int, default=1000, help="faces to generate")
+    a.add_argument("--seed", type=int, default=9)
+    a.add_argument("--psi", type=float, default=0.7, help="truncation (lower: more typical, fewer artefacts)")
+    a.add_argument("--out", type=Path, default=Path("data/anonymizer/synth"))
+    a.add_argument("--gen-python", type=Path, default=Path(".venv-gen/bin/python"), help="the generator venv (make gen-venv)")
+
+    a = sub.add_parser("donor-bank", help="pack the donor bank asset from synthetic faces (held-out faces excluded)")
+    a.add_argument("--synth", type=Path, default=Path("data/anonymizer/synth"))
+    a.add_argument("--out", type=Path, default=Path("edge_agent/assets/donor_bank.npz"))
+    a.add_argument("--limit", type=int, default=0, help="at most this many donors (0 = all)")
+    a.add_argument("--grid", type=Path, default=Path("reports/anonymizer/donor_bank_grid.png"), help="contact sheet of the first donors")
 
     a = sub.add_parser("train-teacher", help="train (or resume) the multi-step teacher")
     a.add_argument("--data", type=Path, default=Path("data/anonymizer"))
@@ -65,6 +78,19 @@ def main(argv=None) -> None:
     a.add_argument("--probes", type=int, default=300, help="anonymized probes per configuration (dlib is ~0.5 s a face here)")
     a.add_argument("--cache", type=Path, default=Path("build/anonymizer/dlib_gallery.npz"))
 
+    a = sub.add_parser("eval-realism", help="detail ratio, independent detector, two-sample test, |dL*| (synthetic sweep, photos, clip); donor re-ID")
+    a.add_argument("--shared", type=Path, required=True)
+    a.add_argument("--data", type=Path, default=Path("data/anonymizer"), help="prepare's output (lfw.npz) for re-ID")
+    a.add_argument("--synth", type=Path, default=Path("data/anonymizer/synth"))
+    a.add_argument("--synth-faces", type=int, default=60, help="held-out synthetic faces in the sweep (x sizes x brightness)")
+    a.add_argument("--bank", type=Path, default=Path("edge_agent/assets/donor_bank.npz"))
+    a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
+    a.add_argument("--with-diffusion", action="store_true", help="also measure the diffusion mode")
+    a.add_argument("--gallery", type=int, default=1000, help="held-out LFW identities for re-ID (0: skip)")
+    a.add_argument("--dlib-probes", type=int, default=200, help="dlib re-ID probes (dlib is ~0.5 s a face here)")
+    a.add_argument("--cache", type=Path, default=Path("build/anonymizer/dlib_gallery.npz"))
+    a.add_argument("--out", type=Path, default=Path("reports/anonymizer"))
+
     a = sub.add_parser("clip-check", help="regenerated demo-clip faces vs their originals by face width; agent counters")
     a.add_argument("--shared", type=Path, required=True)
     a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
@@ -87,6 +113,15 @@ def main(argv=None) -> None:
         from model_export.anonymizer.data import prepare
 
         prepare(args.shared, args.out, limit=args.limit)
+    elif args.cmd == "synth":
+        from model_export.anonymizer.synth import synth
+
+        synth(args.n, args.seed, args.out, args.psi, args.gen_python)
+    elif args.cmd == "donor-bank":
+        from model_export.anonymizer.donor_bank import grid, pack
+
+        pack(args.synth, args.out, args.limit)
+        grid(args.out, args.grid)
     elif args.cmd == "train-teacher":
         from model_export.anonymizer.teacher import train_teacher
 
@@ -106,6 +141,10 @@ def main(argv=None) -> None:
         from model_export.anonymizer.evaluate import evaluate
 
         evaluate(args)
+    elif args.cmd == "eval-realism":
+        from model_export.anonymizer.realism import evaluate_realism
+
+        evaluate_realism(args)
     elif args.cmd == "clip-check":
         from model_export.anonymizer.clip_check import clip_check
 

@@ -155,7 +155,7 @@ def video_stability(shared: Path, anon: DiffusionAnonymizer, det: YuNet, out_dir
     return {"frames": frame_no, "faces": n_faces, "stability_ratio": float(np.mean(d_anon) / max(np.mean(d_orig), 1e-6)),
             "mean_change_anon": float(np.mean(d_anon)), "mean_change_orig": float(np.mean(d_orig)),
             "anonymize_ms_per_frame_mean": float(np.mean(times)), "anonymize_ms_per_frame_p95": float(np.percentile(times, 95)),
-            "generated": anon.stats["generated"], "reused": anon.stats["reused"]}
+            "generated": anon.stats.get("generated"), "reused": anon.stats.get("reused")}
 
 
 def evaluate(args) -> dict:

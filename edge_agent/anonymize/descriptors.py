@@ -1,0 +1,48 @@
+"""Pose and skin-tone descriptors of a face, shared by the donor bank's builder and the agent
+(a donor is matched to a stranger by these numbers alone)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from edge_agent.align import template
+
+
+def pose(landmarks: np.ndarray) -> tuple[float, float]:
+    """(yaw, pitch) proxies of 5 landmarks, in any coordinates: the nose's offset from the eyes'
+    midpoint along the eye line in eye distances (+ = toward the image-right eye), and its height
+    between the eye line and the mouth line (about 0.55 frontal)."""
+    lm = np.asarray(landmarks, np.float64)
+    eyes = (lm[0] + lm[1]) / 2
+    mouth = (lm[3] + lm[4]) / 2
+    axis = lm[1] - lm[0]
+    dist = max(float(np.hypot(*axis)), 1e-6)
+    ux = axis / dist
+    uy = np.array([-ux[1], ux[0]])
+    rel = lm[2] - eyes
+    span = max(float((mouth - eyes) @ uy), 1e-6)
+    return float(rel @ ux) / dist, float(rel @ uy) / span
+
+
+@lru_cache(maxsize=4)
+def tone_mask(size: int, margin: float = 0.25) -> np.ndarray:
+    """Cheeks and nose of an aligned crop (template space): skin, seldom hair, glasses or beard."""
+    t = template(size, margin)
+    m = np.zeros((size, size), np.uint8)
+    r = max(1, int(round(0.09 * size)))
+    below = 0.04 * size
+    for x, y in ((t[0, 0], (t[0, 1] + t[2, 1]) / 2 + below), (t[1, 0], (t[1, 1] + t[2, 1]) / 2 + below), tuple(t[2])):
+        cv2.circle(m, (int(round(x)), int(round(y))), r, 255, -1)
+    return m > 0
+
+
+def appearance(crop_bgr: np.ndarray) -> np.ndarray:
+    """[L*, a*, b*, L* spread] of an aligned crop's skin (L* in 0-100, a*/b* centred on 0)."""
+    lab = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2LAB).astype(np.float32)
+    m = tone_mask(crop_bgr.shape[0])
+    px = lab[m]
+    return np.array([np.median(px[:, 0]) * 100 / 255, np.median(px[:, 1]) - 128, np.median(px[:, 2]) - 128,
+                     np.std(px[:, 0]) * 100 / 255], np.float32)

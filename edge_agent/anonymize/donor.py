@@ -1,0 +1,532 @@
+"""The donor anonymizer: each stranger gets the face of a synthetic person who does not exist.
+
+A packed bank of aligned MobileStyleGAN faces (``edge_agent/assets/donor_bank.npz``, model card
+``DONOR_BANK.md``) supplies real skin, eyes and hair-line detail that no small generator could
+invent on a CPU. Per face (numpy / OpenCV only):
+
+1. **Fit**: landmarks that do not describe a face inside its box (:func:`landmarks_fit`) get the
+   whole head region blurred classically: a donor pasted through them would land beside the face
+   and leave the person's own features visible.
+2. **Donor**: once per track, chosen deterministically from the track's seed among the donors
+   nearest in pose (yaw, pitch) and skin tone (mirrored donors double the poses); kept for the
+   track's life, so one synthetic person per track.
+3. **Warp**: the donor's aligned crop is warped onto the stranger's 5 landmarks in template space:
+   an affine fit for small faces, a thin-plate spline for large ones (eyes, nose and mouth land on
+   the stranger's own). Crop side per size class (:data:`SIZE_CLASSES`): 64 px under
+   ``SMALL_FACE_PX``, else 128 px, resampled once into the frame.
+4. **Scene**: the donor takes the stranger's colour means and luminance spread (brightness, colour
+   cast, contrast; smoothed per track, so no flicker), the stranger's shading at a scale set by the
+   *degree* knob, then the frame's blur and noise (matched in frame pixels, where they are seen).
+5. **Paste**: the head ellipse is first blurred (:func:`base_layer`: strongly under and around the
+   new face, lightly over hair and ears, fading out at the ellipse's rim so no oval shows), then the
+   donor face is blended with a feathered mask. Every pixel of the face is new or strongly blurred.
+
+Any problem raises, and the pipeline falls back to classical redaction (fail closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_agent.align import similarity_transform, template
+from edge_agent.anonymize.base import Anonymizer, face_region
+from edge_agent.anonymize.descriptors import appearance, pose, tone_mask
+from edge_agent.anonymize.diffusion import MARGIN, BudgetExceeded, _blur, aligned_crop
+from edge_agent.faces import Face
+
+BANK = Path(__file__).resolve().parent.parent / "assets" / "donor_bank.npz"
+BANK_SIDE = 128  # aligned crop side of the packed donors
+SMALL_FACE_PX = 56.0  # narrower faces are rendered from a 64 px crop, wider ones from 128 px
+SIZE_CLASSES = (64, 128)
+PASTE_REACH = (0.9, 0.85, 1.12)  # paste ellipse: brow and chin in eye-to-mouth spans, half width in eye distances
+NEAREST = 12  # donors close in pose and tone among which the track's seed picks
+POSE_SCALE = np.array([0.08, 0.06], np.float32)  # yaw, pitch units: a "close" pose
+TONE_SCALE = np.array([14.0, 4.0, 4.0], np.float32)  # L*, a*, b* units: a "close" skin tone
+STAT_SMOOTHING = 0.35  # weight of the current frame in the per-track colour statistics
+MIRROR = (1, 0, 2, 4, 3)  # landmark order after a horizontal flip
+TPS_LATTICE = 33  # thin-plate spline evaluated on this many nodes a side
+SHARPEN_MAX = 2.0  # unsharp-mask amount cap: past it JPEG blocks and donor skin turn to crinkles
+MAX_YAW = 0.55  # |yaw| beyond this (nose past ~half an eye distance off-centre) is a profile
+GEOMETRY_SWAP = 0.6  # at degree 2, this share of the face's 5-point layout is the donor's
+
+
+# -- geometry ----------------------------------------------------------------------------------
+def paste_ellipse(size: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(centre, semi-axes) of the pasted face in template space: brow to below the chin, cheek to
+    cheek (the skin a viewer reads as the face), from the aligned template so it scales."""
+    t = template(size, MARGIN)
+    eyes_y = (t[0, 1] + t[1, 1]) / 2
+    span = (t[3, 1] + t[4, 1]) / 2 - eyes_y
+    top, bottom = eyes_y - PASTE_REACH[0] * span, eyes_y + (1.0 + PASTE_REACH[1]) * span
+    half_w = PASTE_REACH[2] * float(t[1, 0] - t[0, 0])
+    return (float(t[:, 0].mean()), float(top + bottom) / 2), (half_w, float(bottom - top) / 2)
+
+
+@lru_cache(maxsize=4)
+def paste_masks(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(feathered alpha, hard mask, inner skin mask) of the pasted face in template space."""
+    (cx, cy), (ax, ay) = paste_ellipse(size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    r = np.sqrt(((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2)
+    alpha = np.clip((1.0 - r) / 0.25, 0.0, 1.0).astype(np.float32)
+    inner = r <= 0.8
+    return alpha, (r <= 1.0), inner
+
+
+def landmarks_fit(face: Face) -> bool:
+    """Do the 5 landmarks describe a face that fills its box? False for the off-centre case (a
+    small face-shaped constellation on the forehead of a big box), collapsed or crossed points,
+    and profiles too steep for a frontal donor."""
+    lm = np.asarray(face.landmarks, np.float64)
+    if lm.shape != (5, 2) or not np.all(np.isfinite(lm)):
+        return False
+    x1, y1, x2, y2 = (float(v) for v in face.box)
+    w, h = x2 - x1, y2 - y1
+    if w <= 2 or h <= 2:
+        return False
+    yaw = abs(pose(lm)[0])
+    if yaw > MAX_YAW:  # a profile: a frontal donor cannot be warped onto it
+        return False
+    turn = min(yaw / MAX_YAW, 1.0)  # a turned head's landmarks sit off its box's centre, and closer
+    eye_d = float(np.hypot(*(lm[1] - lm[0])))
+    if not (0.25 - 0.08 * turn) * w <= eye_d <= 0.75 * w:
+        return False
+    if lm[1, 0] <= lm[0, 0] or lm[4, 0] <= lm[3, 0]:  # eyes / mouth corners crossed
+        return False
+    # the pasted ellipse, mapped to the frame, must sit on the box
+    t = template(BANK_SIDE, MARGIN)
+    try:
+        m = similarity_transform(lm.astype(np.float32), t)
+    except ValueError:
+        return False
+    inv = cv2.invertAffineTransform(m)
+    (cx, cy), (ax, ay) = paste_ellipse(BANK_SIDE)
+    centre = inv @ np.array([cx, cy, 1.0])
+    scale = float(np.sqrt(abs(np.linalg.det(inv[:, :2]))))
+    if abs(centre[0] - (x1 + x2) / 2) > (0.15 + 0.15 * turn) * w or abs(centre[1] - (y1 + y2) / 2) > 0.2 * h:
+        return False
+    if not 0.65 * w <= 2 * ax * scale <= 1.6 * w:
+        return False
+    # residual of the 5 points against the template (in eye distances): not a face layout
+    fitted = lm @ m[:, :2].T + m[:, 2]
+    resid = float(np.sqrt(((fitted - t) ** 2).sum(1)).max()) / float(t[1, 0] - t[0, 0])
+    return resid <= 0.45
+
+
+def tps_grid(dst_pts: np.ndarray, src_pts: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Thin-plate spline remap grids: output pixel at ``dst_pts`` samples ``src_pts``; the crop's
+    border is pinned so the warp stays local to the face. The spline is smooth, so it is evaluated
+    on a 33x33 lattice and the maps are interpolated (a tenth of the cost of every pixel)."""
+    edge = np.array([[0, 0], [size / 2, 0], [size, 0], [size, size / 2], [size, size], [size / 2, size], [0, size], [0, size / 2]], np.float64)
+    p = np.vstack([dst_pts, edge]).astype(np.float64)
+    q = np.vstack([src_pts, edge]).astype(np.float64)
+    n = len(p)
+
+    def u(r2):
+        return np.where(r2 > 0, r2 * np.log(np.maximum(r2, 1e-12)), 0.0)
+
+    k = u(((p[:, None] - p[None]) ** 2).sum(-1))
+    pp = np.hstack([np.ones((n, 1)), p])
+    a = np.zeros((n + 3, n + 3))
+    a[:n, :n], a[:n, n:], a[n:, :n] = k, pp, pp.T
+    rhs = np.zeros((n + 3, 2))
+    rhs[:n] = q
+    coef = np.linalg.solve(a + np.eye(n + 3) * 1e-8, rhs)
+    lattice = np.linspace(0.0, size - 1.0, TPS_LATTICE)
+    yy, xx = np.meshgrid(lattice, lattice, indexing="ij")
+    g = np.stack([xx.ravel(), yy.ravel()], 1)
+    kg = u(((g[:, None] - p[None]) ** 2).sum(-1))
+    out = (kg @ coef[:n] + coef[n] + g @ coef[n + 1:]).reshape(TPS_LATTICE, TPS_LATTICE, 2).astype(np.float32)
+    # lattice node k sits at pixel k * (size - 1) / (TPS_LATTICE - 1): resize with aligned corners
+    full = _aligned_resize(out, size)
+    return full[..., 0], full[..., 1]
+
+
+def _aligned_resize(grid: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear upsampling of a [L, L, C] lattice whose corners are the image's corner pixels."""
+    L = grid.shape[0]
+    pos = np.arange(size, dtype=np.float32) * (L - 1) / (size - 1)
+    m = np.stack(np.meshgrid(pos, pos, indexing="xy"), -1)
+    return cv2.remap(grid, m[..., 0], m[..., 1], cv2.INTER_LINEAR)
+
+
+# -- the bank ---------------------------------------------------------------------------------
+class DonorBank:
+    """The packed synthetic faces: descriptors in memory, crops decoded on first use."""
+
+    def __init__(self, path: str | Path = BANK) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"donor bank not found: {path}")
+        self.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        with np.load(path, allow_pickle=False) as z:
+            self.jpeg, self.offsets = z["jpeg"], z["offsets"]
+            self.landmarks = z["landmarks"].astype(np.float32)
+            yaw, pitch, tone = z["yaw"], z["pitch"], z["tone"][:, :3]
+        n = len(self.landmarks)
+        if n < 2 or len(self.offsets) != n + 1:
+            raise ValueError(f"{path}: malformed donor bank")
+        # every donor twice: as generated and mirrored (yaw negated, same pitch and tone)
+        self.pose = np.concatenate([np.stack([yaw, pitch], 1), np.stack([-yaw, pitch], 1)]).astype(np.float32)
+        self.tone = np.concatenate([tone, tone]).astype(np.float32)
+        self.size = n
+        self._decoded: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def nearest(self, yaw: float, pitch: float, tone: np.ndarray, k: int = NEAREST) -> np.ndarray:
+        """Indices (``>= size``: mirrored) of the ``k`` donors closest in pose and skin tone."""
+        d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + (((self.tone - tone[:3]) / TONE_SCALE) ** 2).sum(1)
+        k = min(k, len(d))
+        idx = np.argpartition(d, k - 1)[:k]
+        return idx[np.argsort(d[idx], kind="stable")]
+
+    def donor(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(BGR uint8 [128, 128, 3], landmarks [5, 2]) of donor ``i`` (mirrored when >= size)."""
+        base = int(i) % self.size
+        crop = self._decoded.get(base)
+        if crop is None:
+            crop = cv2.imdecode(self.jpeg[self.offsets[base]:self.offsets[base + 1]], cv2.IMREAD_COLOR)
+            if crop is None or crop.shape != (BANK_SIDE, BANK_SIDE, 3):
+                raise ValueError(f"donor {base} does not decode")
+            self._decoded[base] = crop
+            while len(self._decoded) > 256:
+                self._decoded.popitem(last=False)
+        lm = self.landmarks[base]
+        if i >= self.size:
+            crop = crop[:, ::-1]
+            lm = np.stack([BANK_SIDE - 1 - lm[:, 0], lm[:, 1]], 1)[list(MIRROR)]
+        return np.ascontiguousarray(crop), lm.astype(np.float32)
+
+
+# -- appearance -------------------------------------------------------------------------------
+@dataclass
+class ColourStats:
+    """The skin's colour (per-channel BGR medians over cheeks and nose: teeth, eyes and beard do
+    not shift it) and the luminance spread over the inner face (contrast)."""
+
+    mean: np.ndarray  # [3] B, G, R
+    spread: float  # std of the grey level
+
+    @classmethod
+    def of(cls, bgr: np.ndarray, inner: np.ndarray) -> "ColourStats":
+        skin = bgr[tone_mask(bgr.shape[0])].astype(np.float32)
+        grey = bgr[inner].astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
+        return cls(np.median(skin, 0), max(float(grey.std()), 1.0))
+
+    def blend(self, new: "ColourStats", weight: float) -> "ColourStats":
+        return ColourStats(self.mean + weight * (new.mean - self.mean), self.spread + weight * (new.spread - self.spread))
+
+
+def shading_sigma(degree: float, size: int) -> float:
+    """Scale of the stranger's shading put onto the donor: 4 % of the crop at degree 0 (faithful,
+    re-identifiable), 20 % at degree >= 1 (the light's direction only)."""
+    return size * (0.04 + 0.16 * float(np.clip(degree, 0.0, 1.0)))
+
+
+def transfer(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, inner: np.ndarray,
+             target: ColourStats, degree: float) -> np.ndarray:
+    """Donor (float32 BGR) given the stranger's brightness and colour cast (channel means), contrast
+    (one gain on all channels, so a dark, flat scene also mutes the donor's colours instead of
+    over-saturating them) and, below degree 2, the stranger's low-frequency shading."""
+    src = ColourStats.of(donor, inner)
+    gain = float(np.clip(target.spread / src.spread, 0.2, 1.3))
+    out = (donor - src.mean) * gain + target.mean
+    shade = float(np.clip(2.0 - degree, 0.0, 1.0))
+    if shade > 0:
+        sig = shading_sigma(degree, donor.shape[0])
+        m = mask.astype(np.float32)
+        g_o = cv2.cvtColor(original, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        g_d = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_BGR2GRAY).astype(np.float32)
+        lo = _blur(np.dstack([g_o * m, g_d * m, m]), sig)  # normalised blurs: the background stays out
+        wsum = lo[..., 2] + 1e-4
+        lo_o, lo_d = lo[..., 0] / wsum, lo[..., 1] / wsum
+        delta = lo_o - lo_d
+        delta -= np.median(delta[tone_mask(donor.shape[0])])  # the skin's level stays the target's
+        out += (shade * delta)[..., None]
+    return out
+
+
+def _detail(gray: np.ndarray, mask: np.ndarray) -> float:
+    return float(cv2.Laplacian(gray, cv2.CV_32F)[mask].std())
+
+
+def _noise(gray: np.ndarray, mask: np.ndarray) -> float:
+    """Sensor-noise estimate: robust spread of the finest band (median filters out edges)."""
+    hp = gray - cv2.medianBlur(gray, 3)
+    return float(1.4826 * np.median(np.abs(hp[mask])))
+
+
+def match_camera(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, rng: np.random.Generator, upscale: float = 1.0) -> np.ndarray:
+    """Donor (float32 BGR, frame pixels) blurred or sharpened so that its Laplacian detail matches
+    the original's at the same pixels, then given the original's noise floor. ``upscale`` (frame
+    pixels per crop pixel) sets the sharpening scale: an enlarged crop's finest detail is that much
+    coarser."""
+    if mask.sum() < 16:
+        return donor
+    g_o = cv2.cvtColor(original, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    target = _detail(g_o, mask)
+    g_d = cv2.cvtColor(np.clip(donor, 0, 255).astype(np.uint8), cv2.COLOR_BGR2GRAY).astype(np.float32)
+    have = _detail(g_d, mask)
+    out = donor
+    if have > target * 1.05:
+        lo, hi = 0.0, 4.0
+        for _ in range(6):  # bisect the blur whose detail matches
+            mid = (lo + hi) / 2
+            if _detail(cv2.GaussianBlur(g_d, (0, 0), mid), mask) > target:
+                lo = mid
+            else:
+                hi = mid
+        if hi > 0.05:
+            out = cv2.GaussianBlur(donor, (0, 0), hi)
+    elif have < target * 0.95 and have > 1e-3:
+        amount = float(np.clip(2.0 * (target / have - 1.0), 0.0, SHARPEN_MAX))
+        out = donor + amount * (donor - cv2.GaussianBlur(donor, (0, 0), 0.8 * max(1.0, upscale)))
+    g_now = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_BGR2GRAY).astype(np.float32)
+    add = np.sqrt(max(_noise(g_o, mask) ** 2 - _noise(g_now, mask) ** 2, 0.0))
+    if add > 0.3:
+        out = out + rng.normal(0.0, add, out.shape[:2])[..., None].astype(np.float32)
+    return out
+
+
+# -- the anonymizer ---------------------------------------------------------------------------
+@dataclass
+class _Track:
+    donor: int  # bank index (>= bank.size: mirrored)
+    stats: ColourStats | None = None  # smoothed stranger colour statistics
+    safe: bool = True  # False: the check found it too similar to the person; classical instead
+
+
+class DonorAnonymizer(Anonymizer):
+    """Strangers become synthetic people from the donor bank (see the module docstring).
+
+    Parameters
+    ----------
+    bank_path: the packed bank (``edge_agent/assets/donor_bank.npz``).
+    degree: identity change vs faithfulness to the scene. Shading: 0 puts the stranger's shading
+        onto the donor at 4 % of the crop (faithful, most re-identifiable), 1 at 20 % (the light's
+        direction only, default), 2 only the face's mean brightness, contrast and colour cast.
+        Geometry (:func:`geometry_kept`): the warp keeps the stranger's 5-point proportions fully
+        up to 0.5, 80 % at 1, 40 % at 2 (the rest is the donor's own).
+    min_face_px: narrower faces go to ``small_faces``.
+    small_faces: the classical anonymizer for those faces and for tracks whose donor failed the
+        check. Landmarks that do not fit a face get the whole head region blurred.
+    embedder, max_similarity: the check at a track's first frame: the project's recogniser embeds
+        the face before and after; at cosine >= ``max_similarity`` the next candidate donor is
+        tried (up to 3), then ``small_faces``. ``embedder=None`` skips it.
+    budget_ms: per-frame time for *new* tracks (donor choice and check); later faces of a new
+        track in that frame raise :class:`BudgetExceeded` (classical for that frame).
+    max_tracks: bound on remembered tracks (least recently used dropped).
+    """
+
+    name = "donor"
+
+    def __init__(
+        self,
+        bank_path: str | Path = BANK,
+        degree: float = 1.0,
+        min_face_px: float = 16.0,
+        small_faces: Anonymizer | None = None,
+        embedder=None,
+        max_similarity: float = 0.35,
+        budget_ms: float | None = 25.0,
+        max_tracks: int = 128,
+    ) -> None:
+        from edge_agent.anonymize.classical import Blur, Pixelate
+
+        self.bank = DonorBank(bank_path)
+        # Landmarks that do not fit a face: the whole head region blurred (on the demo clip's
+        # misfits it left the least of the person to the recogniser: mean cosine 0.085 vs 0.124
+        # for an 8-block mosaic of the same region, max 0.38 vs 0.46).
+        self.misfit_redaction = Blur()
+        self.degree = float(degree)
+        self.min_face_px = float(min_face_px)
+        self.small_faces = small_faces or Pixelate()
+        self.embedder = embedder
+        self.max_similarity = float(max_similarity)
+        self.budget_ms = budget_ms
+        self.max_tracks = int(max_tracks)
+        self._tracks: OrderedDict[int, _Track] = OrderedDict()
+        self._frame_no = 0
+        self._frame_start: float | None = None
+        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "misfit": 0, "too_similar": 0, "over_budget": 0}
+
+    def begin_frame(self) -> None:
+        self._frame_no += 1
+        self._frame_start = time.perf_counter()
+
+    def forget(self, seed: int) -> None:
+        self._tracks.pop(int(seed), None)
+
+    def reset(self) -> None:
+        self._tracks.clear()
+
+    def donor_of(self, seed: int) -> int | None:
+        """The bank index given to track ``seed`` (None: not seen, or not anonymized by a donor)."""
+        t = self._tracks.get(int(seed))
+        return t.donor if t is not None and t.safe else None
+
+    # -- per face ------------------------------------------------------------------------------
+    def anonymize(self, frame: np.ndarray, face: Face, seed: int = 0) -> None:
+        if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError("anonymizer expects a BGR uint8 frame")
+        if face.width < self.min_face_px:
+            self.stats["small"] += 1
+            self.small_faces.anonymize(frame, face, seed)
+            return
+        if not landmarks_fit(face):
+            self.stats["misfit"] += 1
+            self.misfit_redaction.anonymize(frame, head_face(face), seed)
+            return
+        seed = int(seed)
+        track = self._tracks.get(seed)
+        if track is None:
+            track = self._new_track(frame, face, seed)
+        else:
+            self._tracks.move_to_end(seed)
+        if not track.safe:
+            self.small_faces.anonymize(frame, face, seed)
+            return
+        self.render(frame, face, track, seed)
+        self.stats["rendered"] += 1
+
+    def _new_track(self, frame: np.ndarray, face: Face, seed: int) -> _Track:
+        if (self.budget_ms is not None and self._frame_start is not None
+                and (time.perf_counter() - self._frame_start) * 1000.0 > self.budget_ms):
+            self.stats["over_budget"] += 1
+            raise BudgetExceeded("donor budget for this frame is spent")
+        size = crop_size(face)
+        crop, _, _ = aligned_crop(frame, face, size)
+        yaw, pitch = pose(face.landmarks)
+        near = self.bank.nearest(yaw, pitch, appearance(crop))
+        rng = np.random.default_rng(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
+        order = rng.permutation(len(near))
+        track = _Track(donor=int(near[order[0]]), safe=self.embedder is None)
+        if self.embedder is not None:
+            for j in order[:3]:
+                trial = _Track(donor=int(near[j]))
+                out = frame.copy()
+                self.render(out, face, trial, seed)
+                before, after = self.embedder.embed(frame, [face])[0], self.embedder.embed(out, [face])[0]
+                if float(before @ after) < self.max_similarity:
+                    track = trial
+                    break
+                self.stats["too_similar"] += 1
+        self._tracks[seed] = track
+        self.stats["new_tracks"] += 1
+        while len(self._tracks) > self.max_tracks:
+            self._tracks.popitem(last=False)
+        return track
+
+    def render(self, frame: np.ndarray, face: Face, track: _Track, seed: int) -> None:
+        """Warp the track's donor onto ``face``, match the scene, paste (in place)."""
+        size = crop_size(face)
+        crop, matrix, crop_lm = aligned_crop(frame, face, size)
+        donor, donor_lm = self.bank.donor(track.donor)
+        scale = size / BANK_SIDE
+        if size != BANK_SIDE:
+            donor = cv2.resize(donor, (size, size), interpolation=cv2.INTER_AREA)
+        donor_lm = donor_lm * scale
+        target = target_landmarks(crop_lm, donor_lm, self.degree)
+        # geometry: output (template space, ``target`` ~ the stranger's landmarks) samples the donor
+        if size >= 128:
+            mx, my = tps_grid(target, donor_lm, size)
+            warped = cv2.remap(donor, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        else:
+            a, _ = cv2.estimateAffine2D(donor_lm, target, method=cv2.LMEDS)
+            if a is None:
+                raise ValueError("donor landmarks do not map onto the face")
+            warped = cv2.warpAffine(donor, a, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        alpha, hard, inner = paste_masks(size)
+        now = ColourStats.of(crop, inner)
+        track.stats = now if track.stats is None else track.stats.blend(now, STAT_SMOOTHING)
+        new_bgr = transfer(warped.astype(np.float32), crop, hard, inner, track.stats, self.degree)
+        paste(frame, face, matrix, new_bgr, alpha, np.random.default_rng([seed & 0xFFFFFFFF, self._frame_no]))
+
+
+def geometry_kept(degree: float) -> float:
+    """Share of the stranger's own face proportions (the 5 points' layout beyond position, size and
+    roll) the warp keeps: all of it up to degree 0.5, 80 % at 1, 40 % at 2; the rest is the donor's."""
+    return 1.0 - GEOMETRY_SWAP * float(np.clip((degree - 0.5) / 1.5, 0.0, 1.0))
+
+
+def target_landmarks(crop_lm: np.ndarray, donor_lm: np.ndarray, degree: float) -> np.ndarray:
+    """Where the donor's 5 points go (template space): the stranger's, pulled toward the donor's own
+    layout placed by a similarity on the stranger's (the degree knob's geometric half)."""
+    m = similarity_transform(donor_lm, crop_lm)
+    placed = donor_lm @ m[:, :2].T + m[:, 2]
+    return (placed + geometry_kept(degree) * (crop_lm - placed)).astype(np.float32)
+
+
+def crop_size(face: Face) -> int:
+    return SIZE_CLASSES[0] if face.width < SMALL_FACE_PX else SIZE_CLASSES[1]
+
+
+def head_face(face: Face, grow: float = 1.15) -> Face:
+    """The face's box grown, with level landmarks: classical redaction of the whole head region,
+    independent of landmarks that cannot be trusted."""
+    x1, y1, x2, y2 = (float(v) for v in face.box)
+    cx, cy, hw, hh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * grow / 2, (y2 - y1) * grow / 2
+    level = np.array([[cx - hw / 2, cy], [cx + hw / 2, cy], [cx, cy], [cx - hw / 3, cy + hh / 2], [cx + hw / 3, cy + hh / 2]], np.float32)
+    return Face(np.array([cx - hw, cy - hh, cx + hw, cy + hh], np.float32), level, face.score)
+
+
+def base_layer(frame: np.ndarray, face: Face, inv: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(layer, weight) under the new face over the head ellipse: blurred at 1/20 of the head where
+    the new face goes (under its feathered rim nothing sharp of the original shows; the features
+    themselves lie inside the rim, under the opaque donor), lightly
+    blurred over the rest of the head, fading out toward the ellipse's rim (hair, ears and
+    background keep their outline and meet the frame without a visible oval)."""
+    rows, cols, region = face_region(face, frame.shape)
+    patch = frame[rows, cols]
+    ph, pw = patch.shape[:2]
+    side = max(ph, pw)
+    light = _blur(patch, max(1.2, side / 80.0))
+    strong = _blur(patch, side / 20.0)
+    shift = inv.copy()
+    shift[:, 2] -= (cols.start, rows.start)
+    core = cv2.warpAffine((alpha > 0).astype(np.float32), shift, (pw, ph), flags=cv2.INTER_LINEAR)
+    core = np.minimum(cv2.GaussianBlur(core, (0, 0), max(1.0, side / 60.0)) * 2.0, 1.0)[..., None]
+    # distance to the head ellipse's rim, 0..1 over the outer third of the head
+    depth = cv2.distanceTransform((region > 0).astype(np.uint8), cv2.DIST_L2, 3)
+    fade = np.clip(depth / max(float(depth.max()) * 0.35, 1e-6), 0.0, 1.0)
+    weight = np.maximum(core[..., 0], fade) * (region > 0)
+    layer = strong * core + light * (1.0 - core)
+    return layer, weight.astype(np.float32)
+
+
+def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None:
+    """Blur the head ellipse, then blend the new face (template space, ``matrix`` maps frame to
+    template) into it, after matching the frame's blur and noise where it lands."""
+    size = new_bgr.shape[0]
+    inv = cv2.invertAffineTransform(matrix)
+    ys, xs = np.nonzero(alpha > 0)
+    box = np.array([[xs.min() - 1, ys.min() - 1, 1], [xs.max() + 2, ys.min() - 1, 1],
+                    [xs.min() - 1, ys.max() + 2, 1], [xs.max() + 2, ys.max() + 2, 1]], np.float32) @ inv.T
+    h, w = frame.shape[:2]
+    x0, y0 = max(int(np.floor(box[:, 0].min())), 0), max(int(np.floor(box[:, 1].min())), 0)
+    x1, y1 = min(int(np.ceil(box[:, 0].max())) + 1, w), min(int(np.ceil(box[:, 1].max())) + 1, h)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError("the new face lies outside the frame")
+    shift = inv.copy()
+    shift[:, 2] -= (x0, y0)
+    rw, rh = x1 - x0, y1 - y0
+    warped = cv2.warpAffine(new_bgr, shift, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    a = cv2.warpAffine(alpha, shift, (rw, rh), flags=cv2.INTER_LINEAR)
+    original = frame[y0:y1, x0:x1]
+    warped = match_camera(warped, original, a > 0.5, rng, float(np.sqrt(abs(np.linalg.det(inv[:, :2])))))
+    base, base_w = base_layer(frame, face, inv, alpha)
+    # everything is computed: now write (an exception above leaves the frame untouched)
+    rows, cols, _ = face_region(face, frame.shape)
+    patch = frame[rows, cols]
+    wb = base_w[..., None]
+    patch[:] = np.clip(base * wb + patch.astype(np.float32) * (1.0 - wb), 0, 255).astype(np.uint8)
+    roi = frame[y0:y1, x0:x1]
+    a3 = a[..., None]
+    roi[:] = np.clip(warped * a3 + roi.astype(np.float32) * (1.0 - a3), 0, 255).astype(np.uint8)
