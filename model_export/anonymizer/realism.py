@@ -57,7 +57,7 @@ def mean_lstar(img: np.ndarray, box) -> float:
     return float(lab[..., 0].mean() * 100.0 / 255.0)
 
 
-def hog_features(gray: np.ndarray, cell: int = 8, bins: int = 9) -> np.ndarray:
+def hog_features(gray: np.ndarray, cell: int = 16, bins: int = 9) -> np.ndarray:
     """Histograms of oriented gradients (unsigned, magnitude-weighted) per cell, each 2x2 block of
     cells L2-normalised (Dalal-Triggs layout; OpenCV 5 dropped its HOGDescriptor)."""
     g = gray.astype(np.float32)
@@ -74,7 +74,7 @@ def hog_features(gray: np.ndarray, cell: int = 8, bins: int = 9) -> np.ndarray:
 
 
 def crop_features(img: np.ndarray, box) -> np.ndarray:
-    """HOG of the 64x64 box crop + 4x4 cells of L*a*b* means and L* spread."""
+    """HOG of the 64x64 box crop (16 px cells) + 4x4 cells of L*a*b* means and L* spread."""
     rows, cols = box_slices(box, img.shape)
     c = cv2.resize(img[rows, cols], (64, 64), interpolation=cv2.INTER_AREA)
     hog = hog_features(cv2.cvtColor(c, cv2.COLOR_BGR2GRAY))
@@ -97,13 +97,14 @@ def two_sample_accuracy(real: np.ndarray, fake: np.ndarray, folds: int = 5, seed
         tr, te = fold != k, fold == k
         x = np.concatenate([real[:n][tr], fake[:n][tr]])
         y = np.concatenate([np.zeros(tr.sum()), np.ones(tr.sum())])
+        x = x.astype(np.float32)
         mu, sd = x.mean(0), x.std(0) + 1e-6
         x = (x - mu) / sd
-        w, b = np.zeros(x.shape[1]), 0.0
-        for _ in range(300):  # full-batch gradient descent, L2 1e-2
+        w, b = np.zeros(x.shape[1], np.float32), 0.0
+        for _ in range(200):  # full-batch gradient descent, L2 1e-2
             p = 1.0 / (1.0 + np.exp(-(x @ w + b)))
             g = p - y
-            w -= 0.1 * (x.T @ g / len(y) + 1e-2 * w)
+            w -= (0.1 * (x.T @ g.astype(np.float32) / len(y) + 1e-2 * w)).astype(np.float32)
             b -= 0.1 * g.mean()
         xt = (np.concatenate([real[:n][te], fake[:n][te]]) - mu) / sd
         yt = np.concatenate([np.zeros(te.sum()), np.ones(te.sum())])
