@@ -105,10 +105,11 @@ def test_source_changed_ends_every_track(world, models_dir):
     assert guard.stats.counters["scene_resets"] == 1
 
 
-def test_process_a_cut_clip(world, models_dir, tmp_path, capsys):
+def test_process_a_cut_clip(world, models_dir, tmp_path, capsys, monkeypatch):
     """`edge-agent process AB.mp4`: the issue's case (3 s of a registered person, then a stranger
     in the same box)."""
     models, _, clips, data = world
+    monkeypatch.setenv("EDGE_AGENT_DATA_DIR", str(data))  # `make test` exports its own, which would win over the file
     frames = clips["cut"]
     source, output = tmp_path / "AB.mp4", tmp_path / "AB_out.mp4"
     write_video(frames, source)
