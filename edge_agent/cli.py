@@ -195,7 +195,7 @@ def cmd_completion(config: None, args: argparse.Namespace) -> int:
     return 0
 
 
-ANONYMIZERS = ("pixelate", "blur", "solid", "diffusion")
+ANONYMIZERS = ("pixelate", "blur", "solid", "diffusion", "donor")
 
 
 def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
