@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 
 import cv2
@@ -35,6 +36,26 @@ class Anonymizer(ABC):
 
     def forget(self, seed: int) -> None:
         """Drop any state kept for ``seed`` (its track ended)."""
+
+
+class TrackedAnonymizer(Anonymizer):
+    """A generative anonymizer that keeps one synthetic person per track (``_tracks``, keyed by
+    seed) and a frame clock its per-frame budget counts from."""
+
+    _tracks: dict
+    _frame_no: int = 0
+    _frame_start: float | None = None
+
+    def begin_frame(self) -> None:
+        """Call once per frame before its faces: starts the frame's budget and the frame counter."""
+        self._frame_no += 1
+        self._frame_start = time.perf_counter()
+
+    def forget(self, seed: int) -> None:
+        self._tracks.pop(int(seed), None)
+
+    def reset(self) -> None:
+        self._tracks.clear()
 
 
 def face_ellipse(face: Face) -> tuple[tuple[float, float], tuple[float, float], float]:

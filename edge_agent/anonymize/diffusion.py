@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from edge_agent.align import similarity_transform, template
-from edge_agent.anonymize.base import Anonymizer, face_region
+from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_region
 from edge_agent.faces import Face
 
 CROP = 64  # generator resolution (aligned crop side, pixels)
@@ -236,7 +236,7 @@ class _Track:
     safe: bool = True  # False: the check found it too similar to the person; classical instead
 
 
-class DiffusionAnonymizer(Anonymizer):
+class DiffusionAnonymizer(TrackedAnonymizer):
     """Few-step diffusion student through onnxruntime; per-track seed and cache.
 
     Parameters
@@ -324,19 +324,6 @@ class DiffusionAnonymizer(Anonymizer):
         self._frame_no = 0
         self._frame_start: float | None = None
         self.stats = {"generated": 0, "reused": 0, "over_budget": 0, "small": 0, "too_similar": 0}
-
-    # -- frame bookkeeping -------------------------------------------------------------------
-    def begin_frame(self) -> None:
-        """Call once per frame before its faces: starts the frame's generation budget and the
-        frame counter that drives regeneration."""
-        self._frame_no += 1
-        self._frame_start = time.perf_counter()
-
-    def forget(self, seed: int) -> None:
-        self._tracks.pop(int(seed), None)
-
-    def reset(self) -> None:
-        self._tracks.clear()
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, noise: np.ndarray, cond: np.ndarray) -> np.ndarray:

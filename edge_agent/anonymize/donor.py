@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from edge_agent.align import similarity_transform, template
-from edge_agent.anonymize.base import Anonymizer, face_region
+from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_region
 from edge_agent.anonymize.descriptors import appearance, pose, tone_mask
 from edge_agent.anonymize.diffusion import MARGIN, BudgetExceeded, _blur, aligned_crop
 from edge_agent.faces import Face
@@ -303,7 +303,7 @@ class _Track:
     safe: bool = True  # False: the check found it too similar to the person; classical instead
 
 
-class DonorAnonymizer(Anonymizer):
+class DonorAnonymizer(TrackedAnonymizer):
     """Strangers become synthetic people from the donor bank (see the module docstring).
 
     Parameters
@@ -356,16 +356,6 @@ class DonorAnonymizer(Anonymizer):
         self._frame_no = 0
         self._frame_start: float | None = None
         self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "misfit": 0, "too_similar": 0, "over_budget": 0}
-
-    def begin_frame(self) -> None:
-        self._frame_no += 1
-        self._frame_start = time.perf_counter()
-
-    def forget(self, seed: int) -> None:
-        self._tracks.pop(int(seed), None)
-
-    def reset(self) -> None:
-        self._tracks.clear()
 
     def donor_of(self, seed: int) -> int | None:
         """The bank index given to track ``seed`` (None: not seen, or not anonymized by a donor)."""
