@@ -107,7 +107,10 @@ def _start(shared_dir: Path, models_dir: Path, out: Path, tmp_path: Path) -> sub
     env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGE_AGENT_MODELS": str(models_dir), "EDGE_AGENT_DATA_DIR": str(tmp_path / "data")}
     env.pop("EDGE_AGENT_CONFIG", None)
     cmd = [sys.executable, "-m", "edge_agent", "process", str(shared_dir / CORRIDOR), "-o", str(out), "-q"]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # A runner started in the background (nohup, `cmd &`) passes SIGINT on as ignored, and Python then
+    # keeps ignoring it: restore the default so the test sends the Ctrl-C a user would.
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_partial(proc: subprocess.Popen, out: Path, min_bytes: int = 20_000) -> None:
