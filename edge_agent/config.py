@@ -130,7 +130,7 @@ class DiffusionConfig(Strict):
 class DonorConfig(Strict):
     bank: Optional[Path] = Field(None, description="donor bank npz; default: the packed edge_agent/assets/donor_bank.npz")
     degree: float = Field(1.0, ge=0, le=2, description="0 keeps the stranger's fine shading and face proportions on the donor, 1 the light's direction and 80 % of the proportions, 2 only brightness, contrast, colour cast and 40 %")
-    min_face_px: float = Field(16, ge=0, description="narrower faces get the classical fallback")
+    min_face_px: float = Field(30, ge=0, description="narrower faces get the classical fallback (a donor on them stays closer to the person than a mosaic: clip-check --mode donor)")
     max_similarity: float = Field(0.35, gt=-1, le=1, description="a donor face this similar to the person (project recogniser) is swapped for another donor, then the fallback")
     budget_ms: float = Field(25, gt=0, description="per-frame time for new tracks (donor choice and check); past it their faces fall back for that frame")
 

@@ -331,7 +331,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         self,
         bank_path: str | Path = BANK,
         degree: float = 1.0,
-        min_face_px: float = 16.0,
+        min_face_px: float = 30.0,
         small_faces: Anonymizer | None = None,
         embedder=None,
         max_similarity: float = 0.35,

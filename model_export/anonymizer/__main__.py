@@ -97,6 +97,9 @@ def main(argv=None) -> None:
     a.add_argument("--seeds", type=int, default=4)
     a.add_argument("--every", type=int, default=5, help="every Nth frame")
     a.add_argument("--config", type=Path, default=None, help="also run the agent with this config (e.g. device_configs/x86-cpu.yaml)")
+    a.add_argument("--mode", choices=("diffusion", "donor"), default="diffusion")
+    a.add_argument("--checked", action="store_true", help="with the engine's own recogniser check (as the agent runs it)")
+    a.add_argument("--degree", type=float, default=1.0)
 
     a = sub.add_parser("bench", help="student per-face latency vs the teacher at full steps")
     a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
