@@ -92,7 +92,7 @@ class RecognitionConfig(Strict):
 
     enabled: bool = True
     # From the track-level LFW evaluation (reports/recognition/report.md; README, "Who may be shown").
-    threshold: float = Field(0.50, gt=0, lt=1, description="pooled template's cosine to a registered person's templates needed to show")
+    threshold: float = Field(0.64, gt=0, lt=1, description="pooled template's cosine to a registered person's templates needed to show")
     min_margin: float = Field(0.05, ge=0, lt=1, description="...and its lead over the next registered person")
     min_frames: int = Field(3, ge=2, description="embeddings pooled before a video track may be shown (a still photo needs one)")
     min_weight: float = Field(0.5, ge=0, description="summed quality weight (size, sharpness, pose, blankness) pooled before showing")

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     impostor_orders = orders(impostors, args.impostor_tracks)
     genuine_orders = orders(genuine, args.genuine_tracks)
     thresholds = np.round(np.arange(0.30, 0.705, 0.01), 2)
-    results: dict = {"registered_people": len(names), "templates": int(len(gallery.matrix)), "frames_per_track": args.frames,
+    results: dict = {"seed": args.seed, "registered_people": len(names), "templates": int(len(gallery.matrix)), "frames_per_track": args.frames,
                      "impostor_photos": len(impostors), "genuine_photos": len(genuine), "impostor_tracks": len(impostor_orders),
                      "genuine_tracks": len(genuine_orders), "config": cfg.model_dump(), "by_min_face_px": {}}
     curves = {}
@@ -274,7 +274,8 @@ def _sweep_plot(results: dict, cfg: RecognitionConfig, out: Path) -> None:
         other.plot(t, [p["genuine_frames_shown"] for p in r["sweep"]], label=f"genuine frames shown, {px} px")
     ax.axvline(cfg.threshold, color="k", linestyle="--")
     ax.set_xlabel("accept bound (pooled cosine)")
-    ax.set_ylabel(f"impostor tracks shown (of {results['impostor_tracks']}; 0 drawn at 0.5)")
+    ax.set_ylabel("impostor tracks shown\n(0 drawn at 0.5)")
+    ax.set_title(f"{results['impostor_tracks']} impostor tracks, {results['registered_people']}-person registry; dashed: the default bound", fontsize=8)
     other.set_ylabel("genuine frames shown")
     other.set_ylim(0, 1)
     ax.legend(fontsize=6, loc="lower left")
@@ -287,7 +288,7 @@ def _report(results: dict, cfg: RecognitionConfig, args) -> None:
     lines = ["# Track-level recognition: the pooled rule on LFW gray", "",
              f"Command: `nice python -m model_export.recognition --shared DIR --registered {args.registered} "
              f"--impostor-tracks {args.impostor_tracks} --genuine-tracks {args.genuine_tracks} --frames {args.frames} "
-             f"--tracks-per-photo {args.tracks_per_photo}`", "",
+             f"--tracks-per-photo {args.tracks_per_photo} --min-face-px {' '.join(results['by_min_face_px'])} --seed {results.get('seed', args.seed)}`", "",
              f"- registry: {results['registered_people']} LFW people, {results['templates']} templates (one photo each, camera-scale views)",
              f"- impostor tracks: {results['impostor_tracks']} from {results['impostor_photos']} photos of people not registered",
              f"- genuine tracks: {results['genuine_tracks']} from {results['genuine_photos']} other photos of registered people",

@@ -115,4 +115,7 @@ def test_hamilton_clip(mode, shared_dir, models_dir, make_config, face_models, r
     print(f"Lin shown unmodified in {lin_shown}/{lin_recognisable} frames where he is recognisable ({fraction:.1%}); "
           f"{audience} audience faces checked, {identifiable} of them identifiable, the closest at cosine {worst:.3f} to its original")
     assert lin_recognisable > 80
-    assert fraction >= 0.7
+    # The accept bound (0.64, the first with 0 false shows over 10,000 LFW impostor tracks) hides
+    # Lin in his weaker frames: 48 % measured here (75 % at the former 0.50 bound). Hiding him is
+    # the safe error; a regression that never shows him fails here.
+    assert fraction >= 0.4
