@@ -98,7 +98,7 @@ class RecognitionConfig(Strict):
     min_weight: float = Field(0.5, ge=0, description="summed quality weight (size, sharpness, pose, blankness) pooled before showing")
     min_agreement: float = Field(0.30, gt=-1, lt=1, description="a new embedding less similar than this to the track's pool restarts it")
     min_continuity: float = Field(0.40, gt=-1, lt=1, description="a new embedding less similar than this to the previous frame's restarts it")
-    candidate_similarity: float = Field(0.25, gt=-1, lt=1, description="hidden tracks this close to a registered person are embedded every frame")
+    candidate_similarity: float = Field(0.35, gt=-1, lt=1, description="hidden tracks this close to a registered person are embedded every frame (others every recheck_frames)")
     recheck_frames: int = Field(10, ge=1, description="other hidden tracks are embedded this often")
     min_face_px: int = Field(28, ge=8, description="smaller faces are never recognised, so never shown")
     max_null_similarity: float = Field(
