@@ -46,7 +46,7 @@ def pipeline_interleaved(video: Path, combos: dict, max_frames: int = 0) -> dict
             break
         frames.append(frame)
     capture.release()
-    anonymizer = Pixelate(8)
+    anonymizer = Pixelate()
     busy = {label: 0.0 for label in combos}
     faces = {label: 0 for label in combos}
     for frame in frames:

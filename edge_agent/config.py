@@ -137,7 +137,8 @@ class DonorConfig(Strict):
 
 class AnonymizerConfig(Strict):
     mode: Literal["pixelate", "blur", "solid", "diffusion", "donor"] = "pixelate"
-    pixelate_blocks: int = Field(8, ge=2, le=32)
+    pixelate_blocks: int = Field(8, ge=2, le=32, description="mosaic cells across the head region of faces under 60 px")
+    pixelate_large_blocks: int = Field(5, ge=2, le=32, description="...and from 60 px (with 8, dlib still matched more large faces than through a solid fill: eval-video-identity)")
     fallback: Literal["pixelate", "blur", "solid"] = "pixelate"
     frame_fallback: Literal["solid", "blocks"] = "solid"
     diffusion: DiffusionConfig = DiffusionConfig()

@@ -237,7 +237,7 @@ def pipeline_fps(video: Path, detector, embedder, max_frames: int = 0, progress=
     every face each frame (the agent re-embeds only new or due tracks, so this is a lower bound)."""
     from edge_agent.anonymize.classical import Pixelate
 
-    anonymizer = Pixelate(8)
+    anonymizer = Pixelate()
     capture = cv2.VideoCapture(str(video))
     frames = faces_total = 0
     busy = 0.0

@@ -17,7 +17,7 @@ STUDENT = Path(__file__).resolve().parent.parent / "assets" / "face_student.onnx
 
 
 def classical(mode: str, cfg: AnonymizerConfig) -> Anonymizer:
-    return Pixelate(cfg.pixelate_blocks) if mode == "pixelate" else CLASSICAL[mode]()
+    return Pixelate(cfg.pixelate_blocks, cfg.pixelate_large_blocks) if mode == "pixelate" else CLASSICAL[mode]()
 
 
 def donor_engine(cfg: AnonymizerConfig, fallback: Anonymizer, embedder=None) -> Anonymizer:

@@ -91,6 +91,11 @@ def main(argv=None) -> None:
     a.add_argument("--cache", type=Path, default=Path("build/anonymizer/dlib_gallery.npz"))
     a.add_argument("--out", type=Path, default=Path("reports/anonymizer"))
 
+    a = sub.add_parser("eval-video-identity", help="video faces of every size vs their anonymized selves (project recogniser and dlib)")
+    a.add_argument("--shared", type=Path, required=True)
+    a.add_argument("--bank", type=Path, default=Path("edge_agent/assets/donor_bank.npz"))
+    a.add_argument("--out", type=Path, default=Path("reports/anonymizer"))
+
     a = sub.add_parser("clip-check", help="regenerated demo-clip faces vs their originals by face width; agent counters")
     a.add_argument("--shared", type=Path, required=True)
     a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
@@ -148,6 +153,10 @@ def main(argv=None) -> None:
         from model_export.anonymizer.realism import evaluate_realism
 
         evaluate_realism(args)
+    elif args.cmd == "eval-video-identity":
+        from model_export.anonymizer.realism import evaluate_video_identity
+
+        evaluate_video_identity(args)
     elif args.cmd == "clip-check":
         from model_export.anonymizer.clip_check import clip_check
 
