@@ -33,9 +33,10 @@ class Pixelate(Anonymizer):
         patch = frame[rows, cols]
         h, w = patch.shape[:2]
         side = max(h, w)
+        cells = self.cells(face)
         small = cv2.resize(
             patch,
-            (max(1, round(self.cells(face) * w / side)), max(1, round(self.cells(face) * h / side))),
+            (max(1, round(cells * w / side)), max(1, round(cells * h / side))),
             interpolation=cv2.INTER_AREA,
         )
         mosaic = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)

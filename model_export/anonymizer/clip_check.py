@@ -21,6 +21,7 @@ from edge_agent.faces import Face
 from edge_agent.models.arcface import ArcFaceEmbedder
 from edge_agent.models.yunet import YuNet
 from model_export.anonymizer.data import arcface_path, yunet_path
+from model_export.anonymizer.realism import IDENTIFYING_NULL_SIMILARITY
 
 REGISTERED = ("lin-manuel-miranda.png", "alex-lacamoire.png")  # the clip's performers: not audience
 BINS = ((0, 24), (24, 30), (30, 40), (40, 60), (60, 10_000))
@@ -79,7 +80,7 @@ def similarity_by_width(shared: Path, student: Path, seeds: int, every: int, thr
                 views = jittered(face)
                 originals = emb.embed(frame, views)
                 # identifiable audience faces only (the same rule as tests/test_video.py)
-                if emb.null_similarity(originals[:1])[0] >= 0.25 or float((performers @ originals[0]).max()) >= 0.30:
+                if emb.null_similarity(originals[:1])[0] >= IDENTIFYING_NULL_SIMILARITY or float((performers @ originals[0]).max()) >= 0.30:
                     continue
                 pix = frame.copy()
                 Pixelate().anonymize(pix, face, 0)
