@@ -96,7 +96,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup quantize-detector bench-venv ## speed figures: pipeline vs deface, models FP32 vs INT8, sync, API server, encoder, anonymizer
-	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate --config benchmarks/donor.yaml --label donor
+	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate --config benchmarks/diffusion.yaml --label diffusion
 	$(PY) benchmarks/bench_pipeline.py --resize 1920x1080 --config $(CONFIG) --label "$(DEVICE) config, 1080p" --config benchmarks/pixelate.yaml --label "pixelate, 1080p"
 	$(PY) benchmarks/bench_detection.py --config $(CONFIG)
 	$(PY) benchmarks/bench_recognition.py
@@ -104,8 +104,9 @@ bench: setup quantize-detector bench-venv ## speed figures: pipeline vs deface, 
 	$(PY) benchmarks/bench_sync.py
 	$(PY) benchmarks/bench_http.py
 	$(PY) benchmarks/bench_encode.py
-	$(PY) benchmarks/bench_donor.py --json build/reports/anonymizer/bench_donor.json
+	$(PY) benchmarks/bench_donor.py --crowd 60 --json build/reports/anonymizer/bench_donor.json
 	$(PY) -m model_export.anonymizer --threads 1 bench --teacher model_export/anonymizer/weights/teacher_fp16.pt
+	$(PY) -m model_export.anonymizer --threads 1 refiner-bench --json build/reports/anonymizer/bench_refiner.json
 
 # deface (the common open-source tool, the peer in bench_pipeline) pulls the GUI OpenCV build:
 # it gets its own virtualenv.

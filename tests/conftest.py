@@ -55,3 +55,30 @@ def face_models(models_dir):
     from edge_agent.models.yunet import YuNet
 
     return YuNet(resolve(models_dir, "yunet_s_dynamic.onnx")), ArcFaceEmbedder(resolve(models_dir, "mobilefacenet.onnx"))
+
+
+PORTRAITS = ["face_recognition/examples/obama.jpg", "face_recognition/examples/biden.jpg",
+             "face_recognition/examples/lin-manuel-miranda.png", "face_recognition/examples/alex-lacamoire.png"]
+
+
+@pytest.fixture(scope="session")
+def portraits(shared_dir):
+    """(detector, embedder, [(photo at camera-like 480 px, its largest face)]) for the generative
+    anonymizers' tests: faces of about 100-200 px."""
+    import cv2
+
+    from edge_agent.models.arcface import ArcFaceEmbedder
+    from edge_agent.models.yunet import YuNet
+
+    det = YuNet(shared_dir / "models/yunet/yunet_s_dynamic.onnx", threads=2)
+    emb = ArcFaceEmbedder(shared_dir / "models/mobilefacenet/mobilefacenet.onnx", threads=2)
+    photos = []
+    for rel in PORTRAITS:
+        img = cv2.imread(str(shared_dir / "faces" / rel))
+        assert img is not None, rel
+        scale = 480 / max(img.shape[:2])
+        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        faces = det.detect(img)
+        assert faces, rel
+        photos.append((img, max(faces, key=lambda f: f.width * f.height)))
+    return det, emb, photos

@@ -40,16 +40,20 @@ def _ground_truth_faces(frame, yunet, centerface):
     return faces
 
 
-@pytest.mark.parametrize("mode", ["pixelate", "diffusion", "donor"])
+ANONYMIZERS = {"pixelate": {"mode": "pixelate"}, "diffusion": {"mode": "diffusion"}, "donor": {"mode": "donor"},
+               "donor+refiner": {"mode": "donor", "donor": {"refiner": True}}}
+
+
+@pytest.mark.parametrize("mode", list(ANONYMIZERS))
 def test_hamilton_clip(mode, shared_dir, models_dir, make_config, face_models, record_property):
-    """Both a classical and the generative anonymizer (the generated faces must not resemble the
-    audience member either; faces over the diffusion budget get the classical fallback)."""
+    """Both a classical and the generative anonymizers (the generated faces must not resemble the
+    audience member either; faces over the budgets get the classical fallback)."""
     yunet, embedder = face_models
     try:
         centerface = CenterFace(resolve(models_dir, "centerface.onnx"), score_threshold=0.5)
     except ModelFileError:
         centerface = None
-    config = make_config(anonymizer={"mode": mode})
+    config = make_config(anonymizer=ANONYMIZERS[mode])
     models = Models(config)
     examples = shared_dir / "faces/face_recognition/examples"
     refs = {}

@@ -26,9 +26,15 @@ def donor_engine(cfg: AnonymizerConfig, fallback: Anonymizer, embedder=None) -> 
 
     d = cfg.donor
     try:
+        refiner = None
+        if d.refiner:
+            from edge_agent.anonymize.refine import REFINER, Refiner
+
+            refiner = Refiner(d.refiner_model or REFINER)
         return DonorAnonymizer(
-            d.bank or BANK, degree=d.degree, min_face_px=d.min_face_px, small_faces=fallback,
+            d.bank or BANK, degree=d.degree, min_face_px=d.min_face_px, min_score=d.min_score, small_faces=fallback,
             embedder=embedder, max_similarity=d.max_similarity, budget_ms=d.budget_ms,
+            frame_budget_ms=d.frame_budget_ms, refiner=refiner, refine_budget_ms=d.refine_budget_ms,
         )
     except Exception as exc:  # keep filtering with the classical redaction rather than not at all
         log.error("donor anonymizer unavailable (%s); every face gets %s", exc, cfg.fallback)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -31,11 +32,18 @@ class Anonymizer(ABC):
     def anonymize(self, frame: np.ndarray, face: Face, seed: int) -> None:
         """Overwrite ``face`` in the BGR uint8 ``frame``."""
 
-    def begin_frame(self) -> None:
-        """A new frame starts (a per-frame time budget restarts here)."""
+    def begin_frame(self, faces: Sequence[Face] | None = None) -> None:
+        """A new frame starts (a per-frame time budget restarts here); ``faces``: every face the
+        frame will hide, when the caller knows them (an engine may then reuse work on faces no
+        other face comes near)."""
 
     def forget(self, seed: int) -> None:
         """Drop any state kept for ``seed`` (its track ended)."""
+
+    def priority(self, seed: int) -> float:
+        """Order of a frame's faces (lowest first): with a per-frame budget, the faces served
+        first get the engine, the rest its fallback for that frame."""
+        return 0.0
 
 
 class TrackedAnonymizer(Anonymizer):
@@ -46,7 +54,7 @@ class TrackedAnonymizer(Anonymizer):
     _frame_no: int = 0
     _frame_start: float | None = None
 
-    def begin_frame(self) -> None:
+    def begin_frame(self, faces: Sequence[Face] | None = None) -> None:
         """Call once per frame before its faces: starts the frame's budget and the frame counter."""
         self._frame_no += 1
         self._frame_start = time.perf_counter()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,7 +38,7 @@ import cv2
 import numpy as np
 
 from edge_agent.align import similarity_transform, template
-from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_region
+from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_ellipse, face_region
 from edge_agent.anonymize.descriptors import appearance, pose, tone_mask
 from edge_agent.anonymize.diffusion import MARGIN, BudgetExceeded, _blur, aligned_crop
 from edge_agent.faces import Face
@@ -55,6 +56,11 @@ MIRROR = (1, 0, 2, 4, 3)  # landmark order after a horizontal flip
 TPS_LATTICE = 33  # thin-plate spline evaluated on this many nodes a side
 SHARPEN_MAX = 2.0  # unsharp-mask amount cap: past it JPEG blocks and donor skin turn to crinkles
 MAX_YAW = 0.55  # |yaw| beyond this (nose past ~half an eye distance off-centre) is a profile
+BASE_SIDE = 128  # the blurred base layer is computed at most this many pixels across
+RIM_WEIGHT = 0.5  # the base layer's least weight inside the head ellipse (at its rim)
+REUSE_SHIFT = 0.02  # a face whose landmarks moved less than this share of its width since its last render...
+REUSE_FRAMES = 8  # ...gets that render replayed, for up to this many frames (then drawn anew: light changes)
+REACH = 1.1  # a render writes within the head ellipse's bounding box grown this much (checked)
 GEOMETRY_SWAP = 0.6  # at degree 2, this share of the face's 5-point layout is the donor's
 
 
@@ -272,7 +278,7 @@ def match_camera(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, rng:
         return donor
     g_o = cv2.cvtColor(original, cv2.COLOR_BGR2GRAY).astype(np.float32)
     target = _detail(g_o, mask)
-    g_d = cv2.cvtColor(np.clip(donor, 0, 255).astype(np.uint8), cv2.COLOR_BGR2GRAY).astype(np.float32)
+    g_d = cv2.cvtColor(np.asarray(donor, np.float32), cv2.COLOR_BGR2GRAY)
     have = _detail(g_d, mask)
     out = donor
     if have > target * 1.05:
@@ -288,7 +294,7 @@ def match_camera(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, rng:
     elif have < target * 0.95 and have > 1e-3:
         amount = float(np.clip(2.0 * (target / have - 1.0), 0.0, SHARPEN_MAX))
         out = donor + amount * (donor - cv2.GaussianBlur(donor, (0, 0), 0.8 * max(1.0, upscale)))
-    g_now = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_BGR2GRAY).astype(np.float32)
+    g_now = cv2.cvtColor(np.asarray(out, np.float32), cv2.COLOR_BGR2GRAY)
     add = np.sqrt(max(_noise(g_o, mask) ** 2 - _noise(g_now, mask) ** 2, 0.0))
     if add > 0.3:
         out = out + rng.normal(0.0, add, out.shape[:2])[..., None].astype(np.float32)
@@ -301,6 +307,58 @@ class _Track:
     donor: int  # bank index (>= bank.size: mirrored)
     stats: ColourStats | None = None  # smoothed stranger colour statistics
     safe: bool = True  # False: the check found it too similar to the person; classical instead
+    rendered: int = -1  # frame number of its last donor render
+    shown: int = -1  # frame number it last showed its donor (rendered or replayed)
+    replay: _Replay | None = None  # its last render, where no other face came near
+
+
+@dataclass
+class _Replay:
+    """The pixels a render wrote (``mask`` inside the ``box`` rows/cols), to write again while the
+    face stays where it was: a still crowd then costs a copy per face, not a render."""
+
+    landmarks: np.ndarray
+    frame_shape: tuple[int, ...]
+    frame_no: int
+    rows: slice
+    cols: slice
+    pixels: np.ndarray
+    mask: np.ndarray
+
+    @classmethod
+    def of(cls, face: Face, frame: np.ndarray, area: tuple[slice, slice], before: np.ndarray, frame_no: int) -> _Replay | None:
+        """The render's changed pixels; None when any lies on an edge of the area inside the
+        frame (it may have written beyond it, where another face could be)."""
+        mask = np.any(frame[area] != before, axis=2)
+        rows, cols = area
+        h, w = frame.shape[:2]
+        if ((rows.start > 0 and mask[0].any()) or (rows.stop < h and mask[-1].any())
+                or (cols.start > 0 and mask[:, 0].any()) or (cols.stop < w and mask[:, -1].any())):
+            return None
+        return cls(np.asarray(face.landmarks, np.float32).copy(), frame.shape, frame_no, area[0], area[1], frame[area].copy(), mask)
+
+    def fits(self, face: Face, frame_shape: tuple[int, ...]) -> bool:
+        moved = float(np.abs(np.asarray(face.landmarks, np.float32) - self.landmarks).max())
+        return frame_shape == self.frame_shape and moved <= REUSE_SHIFT * max(face.width, 1.0)
+
+    def write(self, frame: np.ndarray) -> None:
+        np.copyto(frame[self.rows, self.cols], self.pixels, where=self.mask[..., None])
+
+
+def reach(face: Face, frame_shape: tuple[int, ...] | None = None) -> tuple[slice, slice]:
+    """Rows/cols of the head ellipse's bounding box (grown by ``REACH``), clipped to ``frame_shape`` when
+    given: where a render of ``face`` writes, and the hidden pixels another face's replay must
+    not touch."""
+    (cx, cy), (ax, ay), angle = face_ellipse(face)
+    c, s = abs(np.cos(np.radians(angle))), abs(np.sin(np.radians(angle)))
+    hw, hh = REACH * np.hypot(ax * c, ay * s), REACH * np.hypot(ax * s, ay * c)
+    h, w = frame_shape[:2] if frame_shape is not None else (1 << 30, 1 << 30)
+    return (slice(max(int(cy - hh), 0), min(int(np.ceil(cy + hh)), h)),
+            slice(max(int(cx - hw), 0), min(int(np.ceil(cx + hw)), w)))
+
+
+def _overlap(a: tuple[slice, slice], b: tuple[slice, slice]) -> bool:
+    return a[0].start < b[0].stop and b[0].start < a[0].stop and a[1].start < b[1].stop and b[1].start < a[1].stop
 
 
 class DonorAnonymizer(TrackedAnonymizer):
@@ -315,14 +373,28 @@ class DonorAnonymizer(TrackedAnonymizer):
         Geometry (:func:`geometry_kept`): the warp keeps the stranger's 5-point proportions fully
         up to 0.5, 80 % at 1, 40 % at 2 (the rest is the donor's own).
     min_face_px: narrower faces go to ``small_faces``.
+    min_score: a new track whose detection the detector is less sure of also goes to
+        ``small_faces`` (a synthetic face pasted on the back of a head, a hand or a logo is worse
+        than a mosaic there); a track that has its donor keeps it through lower-scored frames.
     small_faces: the classical anonymizer for those faces and for tracks whose donor failed the
         check. Landmarks that do not fit a face get the whole head region blurred.
     embedder, max_similarity: the check at a track's first frame: the project's recogniser embeds
         the face before and after; at cosine >= ``max_similarity`` the next candidate donor is
         tried (up to 3), then ``small_faces``. ``embedder=None`` skips it.
     budget_ms: per-frame time for *new* tracks (donor choice and check); later faces of a new
-        track in that frame raise :class:`BudgetExceeded` (classical for that frame).
+        track in that frame raise :class:`BudgetExceeded` (classical for that frame). A frame
+        whose first render is a new track's always starts it: a crowd of new faces still moves.
+    frame_budget_ms: per-frame time for all donor faces; faces after it raise
+        :class:`BudgetExceeded` for that frame (the first face of a frame is always served).
+        :meth:`priority` keeps donors where they are, then serves new and waiting faces. A face
+        that barely moved since its render, with no other face of the frame near it (``faces``
+        given to :meth:`begin_frame`), gets that render replayed (a copy) for up to
+        ``REUSE_FRAMES`` frames, and past the budget: a still crowd fills with donors in turn.
     max_tracks: bound on remembered tracks (least recently used dropped).
+    refiner: the distilled refiner (:class:`~edge_agent.anonymize.refine.Refiner`) that renders
+        each composite into the scene; it sees only the composite. ``None``: composites as pasted.
+    refine_budget_ms: per-frame time for refining; later faces of that frame keep the unrefined
+        (already anonymized) composite.
     """
 
     name = "donor"
@@ -332,11 +404,15 @@ class DonorAnonymizer(TrackedAnonymizer):
         bank_path: str | Path = BANK,
         degree: float = 1.0,
         min_face_px: float = 30.0,
+        min_score: float = 0.65,
         small_faces: Anonymizer | None = None,
         embedder=None,
         max_similarity: float = 0.35,
         budget_ms: float | None = 25.0,
+        frame_budget_ms: float | None = 60.0,
         max_tracks: int = 128,
+        refiner=None,
+        refine_budget_ms: float | None = 30.0,
     ) -> None:
         from edge_agent.anonymize.classical import Blur, Pixelate
 
@@ -347,15 +423,39 @@ class DonorAnonymizer(TrackedAnonymizer):
         self.misfit_redaction = Blur()
         self.degree = float(degree)
         self.min_face_px = float(min_face_px)
+        self.min_score = float(min_score)
         self.small_faces = small_faces or Pixelate()
         self.embedder = embedder
         self.max_similarity = float(max_similarity)
         self.budget_ms = budget_ms
+        self.frame_budget_ms = frame_budget_ms
         self.max_tracks = int(max_tracks)
+        self.refiner = refiner
+        self.refine_budget_ms = refine_budget_ms
+        self._refine_ms = 0.0
+        self._frame_renders = 0
+        self._frame_reach: list[tuple[slice, slice]] | None = None
         self._tracks: OrderedDict[int, _Track] = OrderedDict()
         self._frame_no = 0
         self._frame_start: float | None = None
-        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "misfit": 0, "too_similar": 0, "over_budget": 0}
+        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "too_similar": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "replayed": 0}
+
+    def priority(self, seed: int) -> float:
+        """Faces that showed their donor last frame keep it (a face switching between donor and
+        mosaic is worse to watch than either): first those with a recent render to replay (a
+        copy), then those that must be drawn; then new tracks; then still faces whose render is
+        due for a refresh (past the budget they replay it); then the longest-waiting faces."""
+        t = self._tracks.get(int(seed))
+        if t is None:
+            return -2.0
+        if t.shown == self._frame_no - 1:
+            if t.replay is None:
+                return -3.0
+            return -4.0 if self._frame_no - t.replay.frame_no < REUSE_FRAMES else -1.0
+        return float(t.shown)
+
+    def _spent_ms(self) -> float:
+        return 0.0 if self._frame_start is None else (time.perf_counter() - self._frame_start) * 1000.0
 
     def donor_of(self, seed: int) -> int | None:
         """The bank index given to track ``seed`` (None: not seen, or not anonymized by a donor)."""
@@ -370,12 +470,31 @@ class DonorAnonymizer(TrackedAnonymizer):
             self.stats["small"] += 1
             self.small_faces.anonymize(frame, face, seed)
             return
+        seed = int(seed)
+        track = self._tracks.get(seed)
+        if face.score < self.min_score and (track is None or not track.safe):
+            # only a new track needs a sure detection: one that has its donor keeps it through a
+            # frame the detector scores lower (a microphone, a turn), rather than flicker to mosaic
+            self.stats["unsure"] += 1
+            self.small_faces.anonymize(frame, face, seed)
+            return
         if not landmarks_fit(face):
             self.stats["misfit"] += 1
             self.misfit_redaction.anonymize(frame, head_face(face), seed)
             return
-        seed = int(seed)
-        track = self._tracks.get(seed)
+        area = reach(face, frame.shape)
+        alone = self._frame_reach is not None and sum(_overlap(area, r) for r in self._frame_reach) <= 1
+        over = self.frame_budget_ms is not None and self._frame_renders > 0 and self._spent_ms() > self.frame_budget_ms
+        replay = track.replay if track is not None and track.safe and alone else None
+        if replay is not None and replay.fits(face, frame.shape) and (over or self._frame_no - replay.frame_no < REUSE_FRAMES):
+            replay.write(frame)
+            track.shown = self._frame_no
+            self._tracks.move_to_end(seed)
+            self.stats["replayed"] += 1
+            return
+        if over:
+            self.stats["over_budget"] += 1
+            raise BudgetExceeded("donor budget for this frame is spent")
         if track is None:
             track = self._new_track(frame, face, seed)
         else:
@@ -383,12 +502,17 @@ class DonorAnonymizer(TrackedAnonymizer):
         if not track.safe:
             self.small_faces.anonymize(frame, face, seed)
             return
+        before = frame[area].copy() if alone else None
         self.render(frame, face, track, seed)
+        track.rendered = track.shown = self._frame_no
+        # kept only where no other face's render could have reached: a replay then writes back
+        # nothing but this face's own anonymized pixels
+        track.replay = None if before is None else _Replay.of(face, frame, area, before, self._frame_no)
+        self._frame_renders += 1
         self.stats["rendered"] += 1
 
     def _new_track(self, frame: np.ndarray, face: Face, seed: int) -> _Track:
-        if (self.budget_ms is not None and self._frame_start is not None
-                and (time.perf_counter() - self._frame_start) * 1000.0 > self.budget_ms):
+        if self.budget_ms is not None and self._frame_renders > 0 and self._spent_ms() > self.budget_ms:
             self.stats["over_budget"] += 1
             raise BudgetExceeded("donor budget for this frame is spent")
         size = crop_size(face)
@@ -438,6 +562,24 @@ class DonorAnonymizer(TrackedAnonymizer):
         track.stats = now if track.stats is None else track.stats.blend(now, STAT_SMOOTHING)
         new_bgr = transfer(warped.astype(np.float32), crop, hard, inner, track.stats, self.degree)
         paste(frame, face, matrix, new_bgr, alpha, np.random.default_rng([seed & 0xFFFFFFFF, self._frame_no]))
+        if self.refiner is not None:
+            self._refine(frame, face, seed)
+
+    def _refine(self, frame: np.ndarray, face: Face, seed: int) -> None:
+        """The refiner over the pasted composite, within the frame's refine budget."""
+        if self.refine_budget_ms is not None and self._refine_ms > self.refine_budget_ms:
+            self.stats["refine_skipped"] += 1
+            return
+        t0 = time.perf_counter()
+        self.refiner.refine(frame, face, seed)
+        self._refine_ms += (time.perf_counter() - t0) * 1000.0
+        self.stats["refined"] += 1
+
+    def begin_frame(self, faces: Sequence[Face] | None = None) -> None:
+        super().begin_frame(faces)
+        self._refine_ms = 0.0
+        self._frame_renders = 0  # the first face of a frame is always served: a crowd still moves
+        self._frame_reach = None if faces is None else [reach(f) for f in faces]
 
 
 def geometry_kept(degree: float) -> float:
@@ -471,30 +613,41 @@ def base_layer(frame: np.ndarray, face: Face, inv: np.ndarray, alpha: np.ndarray
     """(layer, weight) under the new face over the head ellipse: blurred at 1/20 of the head where
     the new face goes (under its feathered rim nothing sharp of the original shows; the features
     themselves lie inside the rim, under the opaque donor), lightly
-    blurred over the rest of the head, fading out toward the ellipse's rim (hair, ears and
-    background keep their outline and meet the frame without a visible oval)."""
+    blurred over the rest of the head, fading toward the ellipse's rim to ``RIM_WEIGHT`` (hair,
+    ears and background keep their outline and meet the frame without a visible oval)."""
     rows, cols, region = face_region(face, frame.shape)
     patch = frame[rows, cols]
     ph, pw = patch.shape[:2]
     side = max(ph, pw)
-    light = _blur(patch, max(1.2, side / 80.0))
-    strong = _blur(patch, side / 20.0)
-    shift = inv.copy()
-    shift[:, 2] -= (cols.start, rows.start)
-    core = cv2.warpAffine((alpha > 0).astype(np.float32), shift, (pw, ph), flags=cv2.INTER_LINEAR)
-    core = np.minimum(cv2.GaussianBlur(core, (0, 0), max(1.0, side / 60.0)) * 2.0, 1.0)[..., None]
+    # every part of the layer is a blur of at least side / 80: computed at most BASE_SIDE across
+    # and resized up, it looks the same at a fraction of the cost on a close-up
+    k = min(1.0, BASE_SIDE / side)
+    sw, sh = max(int(round(pw * k)), 1), max(int(round(ph * k)), 1)
+    small = cv2.resize(patch, (sw, sh), interpolation=cv2.INTER_AREA) if k < 1.0 else patch
+    light = _blur(small, max(1.2 * k, side * k / 80.0))
+    strong = _blur(small, side * k / 20.0)
+    shift = inv.copy() * k
+    shift[:, 2] -= (cols.start * k, rows.start * k)
+    core = cv2.warpAffine((alpha > 0).astype(np.float32), shift, (sw, sh), flags=cv2.INTER_LINEAR)
+    core = np.minimum(cv2.GaussianBlur(core, (0, 0), max(1.0 * k, side * k / 60.0)) * 2.0, 1.0)[..., None]
     # distance to the head ellipse's rim, 0..1 over the outer third of the head
-    depth = cv2.distanceTransform((region > 0).astype(np.uint8), cv2.DIST_L2, 3)
+    inside = (region > 0).astype(np.uint8)
+    inside_small = cv2.resize(inside, (sw, sh), interpolation=cv2.INTER_NEAREST) if k < 1.0 else inside
+    depth = cv2.distanceTransform(inside_small, cv2.DIST_L2, 3)
     fade = np.clip(depth / max(float(depth.max()) * 0.35, 1e-6), 0.0, 1.0)
-    weight = np.maximum(core[..., 0], fade) * (region > 0)
+    # at least half the light blur (and grain) up to the rim: every pixel of the region is redrawn,
+    # as every anonymizer's region is; at side / 80 the step at the rim does not show
+    weight = np.maximum(core[..., 0], RIM_WEIGHT + (1.0 - RIM_WEIGHT) * fade)
     layer = strong * core + light * (1.0 - core)
-    return layer, weight.astype(np.float32)
+    if k < 1.0:
+        layer = cv2.resize(layer, (pw, ph), interpolation=cv2.INTER_LINEAR)
+        weight = cv2.resize(weight, (pw, ph), interpolation=cv2.INTER_LINEAR)
+    return layer, (weight * inside).astype(np.float32)
 
 
 def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None:
     """Blur the head ellipse, then blend the new face (template space, ``matrix`` maps frame to
     template) into it, after matching the frame's blur and noise where it lands."""
-    size = new_bgr.shape[0]
     inv = cv2.invertAffineTransform(matrix)
     ys, xs = np.nonzero(alpha > 0)
     box = np.array([[xs.min() - 1, ys.min() - 1, 1], [xs.max() + 2, ys.min() - 1, 1],
@@ -512,11 +665,34 @@ def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray
     original = frame[y0:y1, x0:x1]
     warped = match_camera(warped, original, a > 0.5, rng, float(np.sqrt(abs(np.linalg.det(inv[:, :2])))))
     base, base_w = base_layer(frame, face, inv, alpha)
-    # everything is computed: now write (an exception above leaves the frame untouched)
     rows, cols, _ = face_region(face, frame.shape)
     patch = frame[rows, cols]
-    wb = base_w[..., None]
-    patch[:] = np.clip(base * wb + patch.astype(np.float32) * (1.0 - wb), 0, 255).astype(np.uint8)
+    base = with_grain(base, patch, base_w, rng)
+    # everything is computed: now write (an exception above leaves the frame untouched)
+    patch[:] = _blend(base, patch, base_w)
     roi = frame[y0:y1, x0:x1]
-    a3 = a[..., None]
-    roi[:] = np.clip(warped * a3 + roi.astype(np.float32) * (1.0 - a3), 0, 255).astype(np.uint8)
+    roi[:] = _blend(warped, roi, a)
+
+
+def with_grain(layer: np.ndarray, original: np.ndarray, weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The blurred layer given the camera's noise back: a blur also wipes the sensor grain, and
+    a grain-free ring around the new face reads as a pasted, plastic patch (the donor itself gets
+    its grain in :func:`match_camera`). Scaled for the blend at ``weight``, so that layer and
+    original mixed keep the original's noise level: sigma * sqrt(1 - (1 - w)^2) / w."""
+    mask = weight > 0.5
+    if mask.sum() < 16:
+        return layer
+    sigma = _noise(cv2.cvtColor(original, cv2.COLOR_BGR2GRAY).astype(np.float32), mask)
+    if sigma <= 0.3:
+        return layer
+    w = np.clip(weight, 0.05, 1.0)
+    scale = sigma * np.sqrt(1.0 - (1.0 - w) ** 2) / w
+    return layer + (rng.standard_normal(layer.shape[:2]).astype(np.float32) * scale)[..., None]
+
+
+def _blend(top: np.ndarray, under: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``top * weight + under * (1 - weight)`` as uint8, in one OpenCV pass (a close-up's region
+    is a million values: numpy's temporaries cost more than the rest of the paste)."""
+    top = np.clip(top, 0, 255).astype(np.uint8) if top.dtype != np.uint8 else top
+    w = np.ascontiguousarray(weight, np.float32)
+    return cv2.blendLinear(top, np.ascontiguousarray(under), w, 1.0 - w)

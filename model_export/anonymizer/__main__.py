@@ -1,4 +1,4 @@
-"""CLI: python -m model_export.anonymizer {prepare,synth,donor-bank,train-teacher,distill,export,eval,bench}."""
+"""CLI: python -m model_export.anonymizer {prepare,synth,donor-bank,train-teacher,distill,export,refiner-teacher,refiner-distill,refiner-export,eval,...}."""
 
 from __future__ import annotations
 
@@ -52,6 +52,41 @@ def main(argv=None) -> None:
     a.add_argument("--batch", type=int, default=32)
     a.add_argument("--lr", type=float, default=2e-4)
 
+    a = sub.add_parser("refiner-teacher", help="train (or resume) the donor refiner's diffusion teacher on synthetic self-composites")
+    a.add_argument("--synth", type=Path, default=Path("data/anonymizer/synth"))
+    a.add_argument("--ckpt", type=Path, default=Path("build/anonymizer/refiner_teacher.pt"))
+    a.add_argument("--pairs", type=int, default=6000, help="(composite, scene) pairs, made once and cached beside --ckpt")
+    a.add_argument("--steps", type=int, default=2400, help="total optimiser steps (resumes from --ckpt)")
+    a.add_argument("--minutes", type=float, default=0, help="stop (and save) after this wall time")
+    a.add_argument("--stop-at", type=int, default=0, help="stop (and save) at this step; the LR schedule still spans --steps")
+    a.add_argument("--batch", type=int, default=24)
+    a.add_argument("--lr", type=float, default=5e-4)
+
+    a = sub.add_parser("refiner-distill", help="distil the refiner teacher into the 1-step student")
+    a.add_argument("--synth", type=Path, default=Path("data/anonymizer/synth"))
+    a.add_argument("--teacher", type=Path, default=Path("build/anonymizer/refiner_teacher.pt"))
+    a.add_argument("--ckpt", type=Path, default=Path("build/anonymizer/refiner_student.pt"))
+    a.add_argument("--pairs", type=int, default=6000)
+    a.add_argument("--samples", type=int, default=1536, help="teacher samples to regress on")
+    a.add_argument("--steps", type=int, default=1200)
+    a.add_argument("--minutes", type=float, default=0)
+    a.add_argument("--stop-at", type=int, default=0)
+    a.add_argument("--batch", type=int, default=24)
+    a.add_argument("--lr", type=float, default=2e-4)
+    a.add_argument("--data-weight", type=float, default=0.5, help="weight of the L1 term to the known scene beside the teacher regression")
+
+    a = sub.add_parser("refiner-export", help="export the refiner student to ONNX (parity checked against torch)")
+    a.add_argument("--ckpt", type=Path, default=Path("build/anonymizer/refiner_student.pt"))
+    a.add_argument("--out", type=Path, default=Path("edge_agent/assets/face_refiner.onnx"))
+    a.add_argument("--teacher", type=Path, default=None, help="also write float16 teacher/student weights to --weights")
+    a.add_argument("--weights", type=Path, default=Path("model_export/anonymizer/weights"))
+
+    a = sub.add_parser("refiner-bench", help="refiner per-face latency: 1-step student (ONNX) vs the teacher at its full steps")
+    a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_refiner.onnx"))
+    a.add_argument("--teacher", type=Path, default=Path("model_export/anonymizer/weights/refiner_teacher_fp16.pt"))
+    a.add_argument("--repeats", type=int, default=30)
+    a.add_argument("--json", type=Path, default=None)
+
     a = sub.add_parser("export", help="export the student to ONNX (opset 17, static shapes)")
     a.add_argument("--ckpt", type=Path, default=Path("build/anonymizer/student.pt"))
     a.add_argument("--out", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
@@ -86,6 +121,7 @@ def main(argv=None) -> None:
     a.add_argument("--bank", type=Path, default=Path("edge_agent/assets/donor_bank.npz"))
     a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
     a.add_argument("--with-diffusion", action="store_true", help="also measure the diffusion mode")
+    a.add_argument("--refiner", type=Path, default=Path("edge_agent/assets/face_refiner.onnx"), help="also measure the donor with this refiner (skipped when absent)")
     a.add_argument("--gallery", type=int, default=1000, help="held-out LFW identities for re-ID (0: skip)")
     a.add_argument("--dlib-probes", type=int, default=200, help="dlib re-ID probes (dlib is ~0.5 s a face here)")
     a.add_argument("--cache", type=Path, default=Path("build/anonymizer/dlib_gallery.npz"))
@@ -94,6 +130,7 @@ def main(argv=None) -> None:
     a = sub.add_parser("eval-video-identity", help="video faces of every size vs their anonymized selves (project recogniser and dlib)")
     a.add_argument("--shared", type=Path, required=True)
     a.add_argument("--bank", type=Path, default=Path("edge_agent/assets/donor_bank.npz"))
+    a.add_argument("--refiner", type=Path, default=Path("edge_agent/assets/face_refiner.onnx"), help="also the donor with this refiner (skipped when absent)")
     a.add_argument("--out", type=Path, default=Path("reports/anonymizer"))
 
     a = sub.add_parser("clip-check", help="regenerated demo-clip faces vs their originals by face width; agent counters")
@@ -138,6 +175,32 @@ def main(argv=None) -> None:
         from model_export.anonymizer.student import distill
 
         distill(args.data, args.teacher, args.ckpt, args.samples, args.teacher_steps, args.steps, args.batch, args.lr, args.minutes, args.stop_at)
+    elif args.cmd == "refiner-teacher":
+        from model_export.anonymizer.refiner import train_teacher as train_refiner
+
+        train_refiner(args.synth, args.ckpt, args.pairs, args.steps, args.batch, args.lr, args.minutes, args.stop_at)
+    elif args.cmd == "refiner-distill":
+        from model_export.anonymizer.refiner import distill as distill_refiner
+
+        distill_refiner(args.synth, args.teacher, args.ckpt, args.pairs, args.samples, args.steps, args.batch, args.lr, args.minutes, args.stop_at, args.data_weight)
+    elif args.cmd == "refiner-export":
+        from model_export.anonymizer.refiner import export as export_refiner
+
+        export_refiner(args.ckpt, args.out)
+        if args.teacher is not None:
+            from model_export.anonymizer.export import save_slim
+
+            save_slim(args.ckpt, args.weights / "refiner_student_fp16.pt")
+            save_slim(args.teacher, args.weights / "refiner_teacher_fp16.pt", key="ema")
+    elif args.cmd == "refiner-bench":
+        import json
+
+        from model_export.anonymizer.refiner import bench_refiner
+
+        res = bench_refiner(args.student, args.teacher, args.repeats, args.threads)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(res, indent=1))
     elif args.cmd == "export":
         from model_export.anonymizer.export import export, save_slim
 

@@ -49,7 +49,7 @@ def anonymizer_for(mode: str, student: Path, threads: int, embedder, degree: flo
     if mode == "donor":
         from edge_agent.anonymize.donor import DonorAnonymizer
 
-        return DonorAnonymizer(degree=degree, min_face_px=0, budget_ms=None, embedder=embedder)
+        return DonorAnonymizer(degree=degree, min_face_px=0, budget_ms=None, frame_budget_ms=None, embedder=embedder)
     from edge_agent.anonymize.diffusion import DiffusionAnonymizer
 
     return DiffusionAnonymizer(student, degree=degree, threads=threads, budget_ms=None, min_face_px=0, embedder=embedder)

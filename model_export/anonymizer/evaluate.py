@@ -129,7 +129,7 @@ def video_stability(shared: Path, anon: DiffusionAnonymizer, det: YuNet, out_dir
             if tid not in assigned:
                 tracks.pop(tid); anon.forget(tid)
         out = frame.copy()
-        anon.begin_frame()
+        anon.begin_frame(faces)  # as the pipeline: the frame's faces known (the donor's replays)
         t0 = time.perf_counter()
         for f, tid in zip(faces, assigned):
             anon.anonymize(out, f, tid)

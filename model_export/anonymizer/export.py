@@ -94,9 +94,9 @@ def store_fp16(path: Path) -> None:
 
 
 def save_slim(ckpt: Path, out: Path, key: str = "model") -> Path:
-    """A float16 copy of a checkpoint's weights (+ the mean 4x4 pattern) small enough to commit."""
+    """A float16 copy of a checkpoint's weights (+ the diffusion student's mean 4x4 pattern) small enough to commit."""
     ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-    slim = {"model": {k: v.half() if v.numel() >= 256 else v for k, v in ck[key].items()}, "mean_pattern": ck["mean_pattern"],
+    slim = {"model": {k: v.half() if v.numel() >= 256 else v for k, v in ck[key].items()}, "mean_pattern": ck.get("mean_pattern"),
             "step": ck.get("step"), "teacher_steps": ck.get("teacher_steps")}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -209,10 +209,12 @@ def synthetic_sweep(synth_dir: Path, anonymizers: dict, det, hog: HogCheck, limi
                     except Exception:  # the agent's fallback: counted as what it shows
                         continue
                     measure(recs[name], img, out, [face], hog, size=width, gain=gain)
-                    if width == 128 and gain in (1.0, 0.25) and j < GRID_FACES and name == next(iter(anonymizers)):
+                    if width == 128 and gain in (1.0, 0.25) and j < GRID_FACES and name.startswith("donor"):
                         rows, cols = box_slices(face.box, img.shape, grow=1.6)
-                        grid.setdefault(j, []).extend([cv2.resize(img[rows, cols], (128, 128)), cv2.resize(out[rows, cols], (128, 128))])
-    return recs, [np.hstack(t) for t in grid.values() if len(t) == 4]
+                        tiles = grid.setdefault((j, gain), [cv2.resize(img[rows, cols], (128, 128))])
+                        tiles.append(cv2.resize(out[rows, cols], (128, 128)))
+    width = max((len(t) for t in grid.values()), default=0)
+    return recs, [np.hstack(t) for t in grid.values() if len(t) == width]
 
 
 def photo_records(shared: Path, anonymizers: dict, det, hog: HogCheck) -> dict:
@@ -329,15 +331,27 @@ def video_identity(args, anonymizers: dict, det) -> list[dict]:
 
 
 
-def identity_modes(bank: Path) -> dict:
+def donor_modes(args, degree: float = 1.0, label: str = "donor d=1") -> dict:
+    """The donor as deployed, and with the refiner when its model is there (``--refiner``)."""
+    from edge_agent.anonymize.donor import DonorAnonymizer
+
+    modes = {label: DonorAnonymizer(args.bank, degree=degree, budget_ms=None, frame_budget_ms=None)}
+    if args.refiner and Path(args.refiner).is_file():
+        from edge_agent.anonymize.refine import Refiner
+
+        modes[f"{label} + refiner"] = DonorAnonymizer(args.bank, degree=degree, budget_ms=None, frame_budget_ms=None,
+                                                       refiner=Refiner(args.refiner, threads=args.threads), refine_budget_ms=None)
+    return modes
+
+
+def identity_modes(args) -> dict:
     """The modes ``video_identity`` compares: the donor, the default mosaic (8 cells, 5 from 60 px),
     8 and 5 cells at every size, and a solid fill (the floor: what a recogniser still "matches" from hair, outline
     and background when no pixel of the face is left)."""
     from edge_agent.anonymize.classical import Pixelate, Solid
-    from edge_agent.anonymize.donor import DonorAnonymizer
 
     default = Pixelate()
-    return {"donor d=1": DonorAnonymizer(bank, degree=1.0, budget_ms=None), f"pixelate {default.blocks}/{default.large_blocks}": default,
+    return {**donor_modes(args), f"pixelate {default.blocks}/{default.large_blocks}": default,
             "pixelate 8": Pixelate(8, 8), "pixelate 5": Pixelate(5, 5), "solid": Solid()}
 
 
@@ -362,7 +376,7 @@ def evaluate_video_identity(args) -> list[dict]:
     from edge_agent.models.yunet import YuNet
     from model_export.anonymizer.data import yunet_path
 
-    rows = video_identity(args, identity_modes(args.bank), YuNet(yunet_path(args.shared), threads=args.threads))
+    rows = video_identity(args, identity_modes(args), YuNet(yunet_path(args.shared), threads=args.threads))
     write_video_identity(Path(args.out), rows)
     print((Path(args.out) / "video_identity.md").read_text())
     return rows
@@ -454,11 +468,11 @@ def write_report(out_dir: Path, res: dict, args) -> None:
                          f"(of {s['hog_found_originals']}) | {s['classifier_accuracy']:.2f} | {s['median_abs_dL']:.2f} |")
     lines += ["", "Synthetic sweep (held-out synthetic faces, every size and brightness, all face widths):", "",
               "![sweep](realism_sweep.png)", "", "![grid](realism_grid_synthetic.png)", "",
-              "(Grid: held-out synthetic faces, people who do not exist, at 128 px: original | donor, in full light and at gain 0.25.)", ""]
-    v = res["video_stability"]
-    lines += [f"Temporal stability, demo clip ({v['frames']} frames, {v['faces']} faces, one donor per track): mean frame-to-frame change "
-              f"inside faces {v['mean_change_anon']:.2f} anonymized vs {v['mean_change_orig']:.2f} original (ratio {v['stability_ratio']:.2f}); "
-              f"anonymizer time per frame mean {v['anonymize_ms_per_frame_mean']:.1f} ms, p95 {v['anonymize_ms_per_frame_p95']:.1f} ms.", ""]
+              "(Grid: held-out synthetic faces, people who do not exist, at 128 px: original | donor | donor + refiner (when measured), in full light and at gain 0.25.)", ""]
+    for name, v in res.get("video_stability_by_mode", {"donor d=1": res["video_stability"]}).items():
+        lines += [f"Temporal stability, {name}, demo clip ({v['frames']} frames, {v['faces']} faces, one donor per track): mean frame-to-frame change "
+                  f"inside faces {v['mean_change_anon']:.2f} anonymized vs {v['mean_change_orig']:.2f} original (ratio {v['stability_ratio']:.2f}); "
+                  f"anonymizer time per frame mean {v['anonymize_ms_per_frame_mean']:.1f} ms, p95 {v['anonymize_ms_per_frame_p95']:.1f} ms.", ""]
     if res.get("reid"):
         r = res["reid"]
         lines += [f"Re-identification over {r['gallery']} held-out LFW identities (probe aligned with the original's landmarks):", "",
@@ -485,7 +499,7 @@ def evaluate_realism(args) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     det = YuNet(yunet_path(args.shared), threads=args.threads)
     hog = HogCheck()
-    anonymizers = {"donor d=1": DonorAnonymizer(args.bank, degree=1.0, budget_ms=None), "pixelate": Pixelate()}
+    anonymizers = {**donor_modes(args), "pixelate": Pixelate()}
     if args.with_diffusion:
         from edge_agent.anonymize.diffusion import DiffusionAnonymizer
 
@@ -508,10 +522,13 @@ def evaluate_realism(args) -> dict:
 
     scratch = Path(args.cache).parent  # the example frame shows real people: build/, never reports/
     scratch.mkdir(parents=True, exist_ok=True)
-    res["video_stability"] = video_stability(args.shared, DonorAnonymizer(args.bank, budget_ms=None), det, scratch)
-    degrees = {f"donor d={d:g}": DonorAnonymizer(args.bank, degree=d, budget_ms=None) for d in (0.0, 1.0, 2.0)}
+    for name, anon in donor_modes(args).items():
+        res.setdefault("video_stability_by_mode", {})[name] = video_stability(args.shared, anon, det, scratch)
+    res["video_stability"] = res["video_stability_by_mode"]["donor d=1"]
+    degrees = {"donor d=0": DonorAnonymizer(args.bank, degree=0.0, budget_ms=None, frame_budget_ms=None), **donor_modes(args),
+               "donor d=2": DonorAnonymizer(args.bank, degree=2.0, budget_ms=None, frame_budget_ms=None)}
     res["reid"] = reid_rows(args, degrees, det) if args.gallery else None
-    res["video_identity"] = video_identity(args, identity_modes(args.bank), det)
+    res["video_identity"] = video_identity(args, identity_modes(args), det)
     write_video_identity(out_dir, res["video_identity"])
     res["seconds"] = time.perf_counter() - t0
     (out_dir / "realism.json").write_text(json.dumps(res, indent=1, default=float))
