@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_agent.anonymize.base import face_region
-from edge_agent.anonymize.donor import DonorAnonymizer
+from edge_agent.anonymize.donor import REFINE_MIN_PX, DonorAnonymizer
 from edge_agent.anonymize.refine import REFINE_CROP, REFINER, Refiner, head_weight, seed_noise3
 from edge_agent.anonymize.diffusion import aligned_crop
 
@@ -66,13 +66,16 @@ def test_refiner_changes_only_the_head_region_and_keeps_the_donor(models, refine
         outside[rows, cols] = region == 0
         assert np.array_equal(a[outside], b[outside]), "the refiner touched pixels outside the head region"
         inside = ~outside
+        if face.width < REFINE_MIN_PX:  # too narrow to refine: the composite as pasted
+            assert np.array_equal(a, b)
+            continue
         changed.append(float(np.abs(a[inside].astype(int) - b[inside]).mean()))
         # still another person to the recogniser, and not the donor composite's twin
         assert float(emb.embed(img, [face])[0] @ emb.embed(b, [face])[0]) < 0.35
         # ...and still the same synthetic person as the unrefined composite (0.42: the per-frame
         # same-person bound of tests/test_video.py), so a frame past the refine budget keeps it
         assert float(emb.embed(a, [face])[0] @ emb.embed(b, [face])[0]) > 0.42, "the refiner replaced the donor"
-    assert refined.stats["refined"] == len(photos)
+    assert refined.stats["refined"] == len(changed) >= 2
     assert max(changed) > 0.5, "the refiner made no difference"
 
 
@@ -96,7 +99,7 @@ def test_refiner_input_is_the_composite_only(models, refiner):
 def test_refine_budget_keeps_the_unrefined_composite(models, refiner):
     """Past the frame's refine time the next faces keep their donor composite (already anonymized)."""
     _, photos = models
-    (img1, face1), (img2, face2) = photos[1], photos[2]
+    (img1, face1), (img2, face2) = [p for p in photos if p[1].width >= REFINE_MIN_PX][:2]
     over = DonorAnonymizer(budget_ms=None, frame_budget_ms=None, refiner=refiner, refine_budget_ms=1e-6)
     plain = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)
     over.begin_frame()
