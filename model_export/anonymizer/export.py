@@ -34,37 +34,41 @@ class StudentGraph(torch.nn.Module):
 def export(ckpt: Path, out: Path, steps: int = 1) -> Path:
     model, ck = load_student(ckpt)
     graph = StudentGraph(model, steps).eval()
-    noise = torch.randn(1, 1, CROP, CROP)
-    cond = torch.randn(1, COND_CHANNELS, CROP, CROP)
+    pattern = np.asarray(ck["mean_pattern"], np.float32).reshape(-1)
+    meta = {"mean_pattern": ",".join(f"{v:.6f}" for v in pattern), "steps": str(steps), "crop": str(CROP),
+            "method": "regression to 20-step DDIM teacher samples (x0 prediction)",
+            "license": "project's own; trained on LFW (research use only)"}
+    err = export_onnx(graph, (torch.randn(1, 1, CROP, CROP), torch.randn(1, COND_CHANNELS, CROP, CROP)), out, meta)
+    print(f"exported {out} ({Path(out).stat().st_size / 1e6:.2f} MB, {steps} step(s)); max abs error onnx vs torch {err:.2e}")
+    return Path(out)
+
+
+def export_onnx(graph: torch.nn.Module, inputs: tuple[torch.Tensor, torch.Tensor], out: Path, meta: dict) -> float:
+    """A (noise, cond) -> y graph to ONNX (opset 17, static shapes, ``meta`` as metadata,
+    weights stored float16); returns the max abs error of onnxruntime against torch with the
+    same float16-rounded weights (the parity check)."""
+    import onnxruntime as ort
+
+    noise, cond = inputs
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(graph, (noise, cond), str(out), input_names=["noise", "cond"], output_names=["y"],
                           opset_version=17, dynamo=False, do_constant_folding=True)
     m = onnx.load(str(out))
-    pattern = np.asarray(ck["mean_pattern"], np.float32).reshape(-1)
-    meta = {"mean_pattern": ",".join(f"{v:.6f}" for v in pattern), "steps": str(steps), "crop": str(CROP),
-            "method": "regression to 20-step DDIM teacher samples (x0 prediction)",
-            "license": "project's own; trained on LFW (research use only)"}
     for k, v in meta.items():
-        p = m.metadata_props.add(); p.key, p.value = k, v
+        p = m.metadata_props.add()
+        p.key, p.value = k, v
     onnx.checker.check_model(m)
     onnx.save(m, str(out))
     store_fp16(out)
-    # parity (the fp16-stored weights are what torch is compared against: round them the same way)
     with torch.no_grad():
         for p in graph.parameters():
             if p.numel() >= 256:
                 p.copy_(p.half().float())
-    # parity with torch
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
         ref = graph(noise, cond).numpy()
-    got = sess.run(None, {"noise": noise.numpy(), "cond": cond.numpy()})[0]
-    print(f"exported {out} ({out.stat().st_size / 1e6:.2f} MB, {steps} step(s)); max abs error onnx vs torch {np.abs(ref - got).max():.2e}")
-    return out
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"noise": noise.numpy(), "cond": cond.numpy()})[0]
+    return float(np.abs(ref - got).max())
 
 
 def store_fp16(path: Path) -> None:

@@ -31,7 +31,7 @@ from edge_agent.anonymize.diffusion import aligned_crop
 from edge_agent.anonymize.donor import DonorAnonymizer, _Track
 from edge_agent.anonymize.refine import REFINE_CROP, head_weight, network_input
 from edge_agent.faces import Face
-from model_export.anonymizer.teacher import SCHEDULE, step_done, train_scheduler
+from model_export.anonymizer.teacher import SCHEDULE, optimise, step_done, train_scheduler
 
 UNET_CONFIG = dict(
     sample_size=REFINE_CROP,
@@ -215,17 +215,7 @@ def train_teacher(synth_dir: Path, ckpt: Path, pairs: int, total_steps: int, bat
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         v = a.sqrt() * noise - (1 - a).sqrt() * x0
         loss = ((model(torch.cat([xt, cond], 1), t).sample - v) ** 2 * w).mean()
-        cos = 0.5 * (1 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * cos)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        decay = min(0.998, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+        optimise(model, opt, loss, lr, step, total_steps, warmup=100, ema=ema)
         step += 1
         if step_done(step, loss.item(), losses, bar, save, stop_at, minutes, t0):
             break
@@ -294,13 +284,7 @@ def distill(synth_dir: Path, teacher_ckpt: Path, ckpt: Path, pairs: int, samples
         w = 0.05 + cond[:, 3:4]
         pred = student_sample(model, noise, cond)
         loss = ((((pred - want) ** 2 + 0.5 * (pred - want).abs()) + data_weight * (pred - truth).abs()) * w).mean()
-        cos = 0.5 * (1 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
-        for g in opt.param_groups:
-            g["lr"] = lr * (0.1 + 0.9 * cos)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimise(model, opt, loss, lr, step, total_steps)
         step += 1
         if step_done(step, loss.item(), losses, bar, save, stop_at, minutes, t0):
             break
@@ -324,36 +308,16 @@ class RefinerGraph(torch.nn.Module):
 def export(ckpt: Path, out: Path) -> float:
     """ONNX (opset 17, static shapes, float16-stored weights); returns the max abs error against
     torch with the same rounded weights."""
-    import onnx
-    import onnxruntime as ort
-
-    from model_export.anonymizer.export import store_fp16
+    from model_export.anonymizer.export import export_onnx
 
     model, ck = load_model(ckpt, key="model")
     graph = RefinerGraph(model).eval()
-    noise, cond = torch.randn(1, 3, REFINE_CROP, REFINE_CROP), torch.rand(1, 4, REFINE_CROP, REFINE_CROP) * 2 - 1
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(graph, (noise, cond), str(out), input_names=["noise", "cond"], output_names=["y"],
-                          opset_version=17, dynamo=False, do_constant_folding=True)
-    m = onnx.load(str(out))
+    inputs = (torch.randn(1, 3, REFINE_CROP, REFINE_CROP), torch.rand(1, 4, REFINE_CROP, REFINE_CROP) * 2 - 1)
     meta = {"t_start": str(T_START), "teacher_steps": str(ck.get("teacher_steps")), "student_step": str(ck.get("step")),
             "method": "1-step regression to SDEdit DDIM teacher samples over donor self-composites",
             "license": "project's own; trained on MobileStyleGAN synthetic faces only"}
-    for k, v in meta.items():
-        p = m.metadata_props.add()
-        p.key, p.value = k, v
-    onnx.save(m, str(out))
-    store_fp16(out)
-    with torch.no_grad():
-        for p in graph.parameters():
-            if p.numel() >= 256:
-                p.copy_(p.half().float())
-        ref = graph(noise, cond).numpy()
-    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"noise": noise.numpy(), "cond": cond.numpy()})[0]
-    err = float(np.abs(ref - got).max())
-    print(f"exported {out} ({out.stat().st_size / 1e6:.2f} MB); max abs error onnx vs torch {err:.2e}")
+    err = export_onnx(graph, inputs, out, meta)
+    print(f"exported {out} ({Path(out).stat().st_size / 1e6:.2f} MB); max abs error onnx vs torch {err:.2e}")
     return err
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model_export.anonymizer.teacher import CropData, build_unet, load_teacher, sample_teacher, step_done, train_scheduler
+from model_export.anonymizer.teacher import CropData, build_unet, load_teacher, optimise, sample_teacher, step_done, train_scheduler
 
 T_FIRST = 999
 T_SECOND = 500
@@ -116,13 +116,7 @@ def distill(data_dir: Path, teacher_ckpt: Path, ckpt: Path, n_samples: int, teac
         x_in[half:] = math.sqrt(a2) * tgt[half:] + math.sqrt(1 - a2) * noise[half:]
         pred = model(torch.cat([x_in, cond], 1), t).sample
         loss = (((pred - tgt) ** 2 + 0.5 * (pred - tgt).abs()) * mask_w).mean()
-        cos = 0.5 * (1 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
-        for g in opt.param_groups:
-            g["lr"] = lr * (0.1 + 0.9 * cos)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimise(model, opt, loss, lr, step, total_steps)
         step += 1
         if step_done(step, loss.item(), losses, bar, save, stop_at, minutes, t0):
             break

@@ -37,6 +37,24 @@ SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", pre
 FLIP_ORDER = [1, 0, 2, 4, 3]
 
 
+def optimise(model, opt, loss, lr: float, step: int, total_steps: int, warmup: int = 0, ema=None) -> None:
+    """One optimiser step, shared by every training loop here: cosine learning rate (to 0.1 x,
+    after ``warmup`` linear steps), gradient clipping at 1, and the EMA copy when given."""
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    cos = 0.5 * (1 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
+    for g in opt.param_groups:
+        g["lr"] = lr * warm * (0.1 + 0.9 * cos)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    if ema is not None:
+        decay = min(0.998, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+
+
 def step_done(step: int, loss: float, losses: list, bar, save, stop_at: int, minutes: float, t0: float) -> bool:
     """Bookkeeping after one optimiser step, shared by teacher and student training: progress,
     a checkpoint every 100 steps (runs resume from it), and the stop rules. True = stop."""
@@ -178,18 +196,7 @@ def train_teacher(data_dir: Path, ckpt: Path, total_steps: int, batch: int, lr: 
         v = a.sqrt() * noise - (1 - a).sqrt() * x0
         pred = model(torch.cat([xt, cond], 1), t).sample
         loss = ((pred - v) ** 2 * mask_w).mean()
-        warm = min(1.0, (step + 1) / 100)
-        cos = 0.5 * (1 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
-        for g in opt.param_groups:
-            g["lr"] = lr * warm * (0.1 + 0.9 * cos)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        decay = min(0.998, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+        optimise(model, opt, loss, lr, step, total_steps, warmup=100, ema=ema)
         step += 1
         if step_done(step, loss.item(), losses, bar, save, stop_at, minutes, t0):
             break
