@@ -2,10 +2,12 @@
 faces its pipeline changes, against the independent reference of ``model_export.recall``.
 
 Sets: the crowd photos, 4K and 1080p mosaics built from them, the two clips (sampled frames),
-faces cut by the image border (crops of the crowd photos) and non-frontal faces (the ones
-dlib's CNN finds and its frontal HOG detector does not). Variants, for the choice of the pose/border measures:
-YuNet at 640 px (before issue 11), the stack without the border threshold, the configured stack,
-and the stack plus CenterFace as a second detector. Writes report.md, results.json and plots;
+faces cut by the image border (crops of the crowd photos), the crowd photos in low light
+(darkened, with a sensor's noise and a camera's JPEG; references from the originals) and
+non-frontal faces (the ones dlib's CNN finds and its frontal HOG detector does not). Variants,
+for the choice of the pose/border/low-light measures: YuNet at 640 px (before issue 11), the stack
+without the border threshold, the stack without the low-light pass, the configured stack, and the
+stack plus CenterFace as a second detector. Writes report.md, results.json and plots;
 never an image.
 """
 
@@ -21,9 +23,12 @@ import cv2
 import numpy as np
 
 from edge_agent.config import Config
+from model_export.low_light import darken
 from model_export.recall import Reference, ReferenceDetectors, build_mosaic, face_changed, found, load_references, union
 
 SIZE_BINS = (0, 16, 20, 30, 50, 100, 100000)
+DARK_GAINS = (0.03, 0.01)  # the crowd photos at 3 % and 1 % of their light (a dim room, a dark one)
+DARK_JPEG = 60  # ...with a sensor's noise, through a camera encoder at this JPEG quality
 
 
 @dataclass
@@ -73,15 +78,17 @@ def _variants(config: Config):
     if not isinstance(stack, TiledDetector):
         raise ValueError("the configured detector is not the tiled YuNet stack")
     yunet = stack.yunet
-    plain = TiledDetector(yunet, det.min_face_px, 0, det.tile_size, det.tile_batch, None)
-    no_border = TiledDetector(yunet, det.min_face_px, det.max_tiles, det.tile_size, det.tile_batch, None)
+    plain = TiledDetector(yunet, det.min_face_px, 0, det.tile_size, det.tile_batch, None, low_light_pass=False)
+    no_border = TiledDetector(yunet, det.min_face_px, det.max_tiles, det.tile_size, det.tile_batch, None, det.low_light_pass)
+    no_low_light = TiledDetector(yunet, det.min_face_px, det.max_tiles, det.tile_size, det.tile_batch, det.border_score_threshold, low_light_pass=False)
     centerface = CenterFace(resolve(config.models.dir, det.fallback_file), score_threshold=0.5, threads=det.threads)
 
     class WithCenterFace:
         def detect(self, frame):
             return stack.detect(frame) + centerface.detect(frame)
 
-    return {"yunet-640 (before)": plain, "tiles, no border threshold": no_border, "configured stack": stack, "stack + CenterFace": WithCenterFace()}
+    return {"yunet-640 (before)": plain, "tiles, no border threshold": no_border, "stack, no low-light pass": no_low_light,
+            "configured stack": stack, "stack + CenterFace": WithCenterFace()}
 
 
 def _crowd_refs(reference: ReferenceDetectors, photos: list[Path], cache: Path, bar) -> list[list[Reference]]:
@@ -188,6 +195,9 @@ def evaluate(args, config: Config) -> dict:
     mosaic, refs = build_mosaic(photos, crowd_refs, (1920, 1080), (4, 3))
     sets["mosaic 1080p"] = [Sample(mosaic, refs, "mosaic-1080p")]
     sets["border-cut faces"] = _border_crops(photos, crowd_refs)
+    for gain in DARK_GAINS:
+        rng = np.random.default_rng(int(gain * 1000))
+        sets[f"dark {gain:.0%} light"] = [Sample(darken(p, gain, rng, DARK_JPEG), r, f"crowd{k}-dark{gain}") for k, (p, r) in enumerate(zip(photos, crowd_refs))]
     profile = [Sample(s.image, [r for r in s.refs if r.non_frontal], s.name) for s in sets["crowds"]]
     for (frames, refs), video in zip(clips, videos):
         sets[video.stem] = [Sample(frames[i], r, f"{video.stem}-{i}", video.stem, i) for i, r in refs.items()]
@@ -250,7 +260,10 @@ def write_report(out: Path, evaluation: dict, config: Config, command: str) -> d
         f"agent's pipeline (recognition off, anonymizer {config.anonymizer.mode}), at least half of the pixels inside the reference box differ.",
         "",
         f"Detector stack: min_face_px {det.min_face_px:g}, max_tiles {det.max_tiles}, tile_size {det.tile_size}, "
-        f"score_threshold {det.score_threshold}, border_score_threshold {det.border_score_threshold}.",
+        f"score_threshold {det.score_threshold}, border_score_threshold {det.border_score_threshold}, low_light_pass {det.low_light_pass}.",
+        "",
+        f"Low-light sets: each crowd photo at {' and '.join(f'{g:.0%}' for g in DARK_GAINS)} of its light (linear light), with Gaussian "
+        f"sensor noise of 1.5/sqrt(gain) grey levels, JPEG quality {DARK_JPEG}; reference boxes from the original photo.",
         "",
         "## Recall by set (faces >= 20 px; in brackets: how many)",
         "",
@@ -295,7 +308,7 @@ def write_report(out: Path, evaluation: dict, config: Config, command: str) -> d
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     centres = [f"{lo}-{hi}" if hi < 100000 else f">={lo}" for lo, hi in zip(SIZE_BINS, SIZE_BINS[1:])]
-    for set_name in ("mosaic 4K", "mosaic 1080p", "crowds", "short_hamilton_clip"):
+    for set_name in ("mosaic 4K", "mosaic 1080p", "crowds", "short_hamilton_clip", *(f"dark {g:.0%} light" for g in DARK_GAINS)):
         if set_name not in results:
             continue
         for variant, style in (("yunet-640 (before)", ":"), ("configured stack", "-")):

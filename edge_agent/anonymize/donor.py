@@ -18,8 +18,10 @@ invent on a CPU. Per face (numpy / OpenCV only):
    cast, contrast; smoothed per track, so no flicker), the stranger's shading at a scale set by the
    *degree* knob, then the frame's blur and noise (matched in frame pixels, where they are seen).
 5. **Paste**: the head ellipse is first blurred (:func:`base_layer`: strongly under and around the
-   new face, lightly over hair and ears, fading out at the ellipse's rim so no oval shows), then the
-   donor face is blended with a feathered mask. Every pixel of the face is new or strongly blurred.
+   new face, lightly over hair and ears, fading out at the ellipse's rim so no oval shows) and
+   given grain where the blur took texture away (:func:`with_grain`), then the donor face is
+   blended in two bands: its coarse shading over a wide feather, its fine detail over a narrow
+   one. Every pixel of the face is new or strongly blurred.
 
 Any problem raises, and the pipeline falls back to classical redaction (fail closed).
 """
@@ -54,15 +56,22 @@ TONE_SCALE = np.array([14.0, 4.0, 4.0], np.float32)  # L*, a*, b* units: a "clos
 STAT_SMOOTHING = 0.35  # weight of the current frame in the per-track colour statistics
 MIRROR = (1, 0, 2, 4, 3)  # landmark order after a horizontal flip
 TPS_LATTICE = 33  # thin-plate spline evaluated on this many nodes a side
-SHARPEN_MAX = 2.0  # unsharp-mask amount cap: past it JPEG blocks and donor skin turn to crinkles
+SHARPEN_MAX = 1.0  # unsharp-mask amount cap: past it JPEG blocks and donor skin turn to crinkles (the rest is grain)
 MAX_YAW = 0.55  # |yaw| beyond this (nose past ~half an eye distance off-centre) is a profile
 BASE_SIDE = 128  # the blurred base layer is computed at most this many pixels across
 RIM_WEIGHT = 0.5  # the base layer's least weight inside the head ellipse (at its rim)
+GRAIN_SCALE = 1 / 16  # the grain follows the texture the blur removed, measured at this share of the region
+GRAIN_MAX = 4.0  # grey levels: the most grain put back (past it, hair reads as sand)
+STRONG_BLUR = 1 / 20  # the blur under and around the new face, as a share of the head region's side
+LIGHT_BLUR = 1 / 80  # the blur over hair and ears, as a share of the head region's side (1/160 kept more strands but raised LFW re-ID)
 REFINE_MIN_PX = 64  # narrower faces are not refined (the refiner's crop; see _refine)
 REUSE_SHIFT = 0.02  # a face whose landmarks moved less than this share of its width since its last render...
 REUSE_FRAMES = 8  # ...gets that render replayed, for up to this many frames (then drawn anew: light changes)
 REACH = 1.1  # a render writes within the head ellipse's bounding box grown this much (checked)
 GEOMETRY_SWAP = 0.6  # at degree 2, this share of the face's 5-point layout is the donor's
+FEATHER = 0.25  # the paste's feather, in ellipse radii: coarse shading meets the frame over it...
+DETAIL_FEATHER = 0.08  # ...fine detail over this much (two-band blend, :func:`paste`)
+DETAIL_SIGMA = 1.5  # frame px: the split between the fine band and the coarse one
 
 
 # -- geometry ----------------------------------------------------------------------------------
@@ -78,14 +87,17 @@ def paste_ellipse(size: int) -> tuple[tuple[float, float], tuple[float, float]]:
 
 
 @lru_cache(maxsize=4)
-def paste_masks(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(feathered alpha, hard mask, inner skin mask) of the pasted face in template space."""
+def paste_masks(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(feathered alpha, sharp alpha, hard mask, inner skin mask) of the pasted face in template
+    space. The donor's coarse shading is blended over the wide feather (no seam), its fine detail
+    over the sharp one (no soft ring of the blurred base showing through: see :func:`paste`)."""
     (cx, cy), (ax, ay) = paste_ellipse(size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     r = np.sqrt(((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2)
-    alpha = np.clip((1.0 - r) / 0.25, 0.0, 1.0).astype(np.float32)
+    alpha = np.clip((1.0 - r) / FEATHER, 0.0, 1.0).astype(np.float32)
+    sharp = np.clip((1.0 - r) / DETAIL_FEATHER, 0.0, 1.0).astype(np.float32)
     inner = r <= 0.8
-    return alpha, (r <= 1.0), inner
+    return alpha, sharp, (r <= 1.0), inner
 
 
 def landmarks_fit(face: Face) -> bool:
@@ -296,9 +308,12 @@ def match_camera(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, rng:
         amount = float(np.clip(2.0 * (target / have - 1.0), 0.0, SHARPEN_MAX))
         out = donor + amount * (donor - cv2.GaussianBlur(donor, (0, 0), 0.8 * max(1.0, upscale)))
     g_now = cv2.cvtColor(np.asarray(out, np.float32), cv2.COLOR_BGR2GRAY)
-    add = np.sqrt(max(_noise(g_o, mask) ** 2 - _noise(g_now, mask) ** 2, 0.0))
+    # the camera's noise floor, or the fine detail still missing after the capped sharpening
+    # (an enlarged donor has none to sharpen; past the cap JPEG blocks turn to crinkles)
+    missing = np.sqrt(max(target ** 2 - _detail(g_now, mask) ** 2, 0.0)) / np.sqrt(20.0)
+    add = max(np.sqrt(max(_noise(g_o, mask) ** 2 - _noise(g_now, mask) ** 2, 0.0)), min(missing, GRAIN_MAX))
     if add > 0.3:
-        out = out + rng.normal(0.0, add, out.shape[:2])[..., None].astype(np.float32)
+        out = out + (add * rng.standard_normal(out.shape[:2], dtype=np.float32))[..., None]
     return out
 
 
@@ -559,11 +574,11 @@ class DonorAnonymizer(TrackedAnonymizer):
             if a is None:
                 raise ValueError("donor landmarks do not map onto the face")
             warped = cv2.warpAffine(donor, a, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        alpha, hard, inner = paste_masks(size)
+        alpha, sharp, hard, inner = paste_masks(size)
         now = ColourStats.of(crop, inner)
         track.stats = now if track.stats is None else track.stats.blend(now, STAT_SMOOTHING)
         new_bgr = transfer(warped.astype(np.float32), crop, hard, inner, track.stats, self.degree)
-        paste(frame, face, matrix, new_bgr, alpha, np.random.default_rng([seed & 0xFFFFFFFF, self._frame_no]))
+        paste(frame, face, matrix, new_bgr, alpha, sharp, np.random.default_rng([seed & 0xFFFFFFFF, self._frame_no]))
         if self.refiner is not None:
             self._refine(frame, face, seed)
 
@@ -618,42 +633,48 @@ def head_face(face: Face, grow: float = 1.15) -> Face:
 def base_layer(frame: np.ndarray, face: Face, inv: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(layer, weight) under the new face over the head ellipse: blurred at 1/20 of the head where
     the new face goes (under its feathered rim nothing sharp of the original shows; the features
-    themselves lie inside the rim, under the opaque donor), lightly
-    blurred over the rest of the head, fading toward the ellipse's rim to ``RIM_WEIGHT`` (hair,
-    ears and background keep their outline and meet the frame without a visible oval)."""
+    themselves lie inside the rim, under the opaque donor), lightly blurred (``LIGHT_BLUR`` of
+    the head) over the rest of the head, fading toward the ellipse's rim to ``RIM_WEIGHT`` (hair,
+    ears and background keep their strands and outline and meet the frame without a visible oval)."""
     rows, cols, region = face_region(face, frame.shape)
     patch = frame[rows, cols]
     ph, pw = patch.shape[:2]
     side = max(ph, pw)
-    # every part of the layer is a blur of at least side / 80: computed at most BASE_SIDE across
-    # and resized up, it looks the same at a fraction of the cost on a close-up
+    # the strong blur and the masks are smooth: computed at most BASE_SIDE across and resized up,
+    # they look the same at a fraction of the cost on a close-up; the light blur keeps hair
+    # strands, so it is computed at the frame's resolution
     k = min(1.0, BASE_SIDE / side)
     sw, sh = max(int(round(pw * k)), 1), max(int(round(ph * k)), 1)
     small = cv2.resize(patch, (sw, sh), interpolation=cv2.INTER_AREA) if k < 1.0 else patch
-    light = _blur(small, max(1.2 * k, side * k / 80.0))
-    strong = _blur(small, side * k / 20.0)
+    strong = _blur(small, side * k * STRONG_BLUR)
     shift = inv.copy() * k
     shift[:, 2] -= (cols.start * k, rows.start * k)
     core = cv2.warpAffine((alpha > 0).astype(np.float32), shift, (sw, sh), flags=cv2.INTER_LINEAR)
-    core = np.minimum(cv2.GaussianBlur(core, (0, 0), max(1.0 * k, side * k / 60.0)) * 2.0, 1.0)[..., None]
+    core = np.minimum(cv2.GaussianBlur(core, (0, 0), max(1.0 * k, side * k / 60.0)) * 2.0, 1.0)
     # distance to the head ellipse's rim, 0..1 over the outer third of the head
     inside = (region > 0).astype(np.uint8)
     inside_small = cv2.resize(inside, (sw, sh), interpolation=cv2.INTER_NEAREST) if k < 1.0 else inside
     depth = cv2.distanceTransform(inside_small, cv2.DIST_L2, 3)
     fade = np.clip(depth / max(float(depth.max()) * 0.35, 1e-6), 0.0, 1.0)
     # at least half the light blur (and grain) up to the rim: every pixel of the region is redrawn,
-    # as every anonymizer's region is; at side / 80 the step at the rim does not show
-    weight = np.maximum(core[..., 0], RIM_WEIGHT + (1.0 - RIM_WEIGHT) * fade)
-    layer = strong * core + light * (1.0 - core)
+    # as every anonymizer's region is
+    weight = np.maximum(core, RIM_WEIGHT + (1.0 - RIM_WEIGHT) * fade)
     if k < 1.0:
-        layer = cv2.resize(layer, (pw, ph), interpolation=cv2.INTER_LINEAR)
+        strong = cv2.resize(strong, (pw, ph), interpolation=cv2.INTER_LINEAR)
+        core = cv2.resize(core, (pw, ph), interpolation=cv2.INTER_LINEAR)
         weight = cv2.resize(weight, (pw, ph), interpolation=cv2.INTER_LINEAR)
+    light = _blur(patch, max(1.2, side * LIGHT_BLUR))
+    layer = cv2.blendLinear(np.ascontiguousarray(strong, np.float32), light.astype(np.float32), core, 1.0 - core)
     return layer, (weight * inside).astype(np.float32)
 
 
-def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None:
+def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray, alpha: np.ndarray, sharp: np.ndarray,
+          rng: np.random.Generator) -> None:
     """Blur the head ellipse, then blend the new face (template space, ``matrix`` maps frame to
-    template) into it, after matching the frame's blur and noise where it lands."""
+    template) into it, after matching the frame's blur and noise where it lands. Two bands: the
+    coarse one over ``alpha``'s wide feather, the fine one (under ``DETAIL_SIGMA``) over
+    ``sharp``'s narrow one, so the face keeps its skin texture up to its outline (a one-band
+    feather left a quarter of the face half blurred: detail ratio 0.5 there)."""
     inv = cv2.invertAffineTransform(matrix)
     ys, xs = np.nonzero(alpha > 0)
     box = np.array([[xs.min() - 1, ys.min() - 1, 1], [xs.max() + 2, ys.min() - 1, 1],
@@ -668,6 +689,7 @@ def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray
     rw, rh = x1 - x0, y1 - y0
     warped = cv2.warpAffine(new_bgr, shift, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
     a = cv2.warpAffine(alpha, shift, (rw, rh), flags=cv2.INTER_LINEAR)
+    a_fine = cv2.warpAffine(sharp, shift, (rw, rh), flags=cv2.INTER_LINEAR)
     original = frame[y0:y1, x0:x1]
     warped = match_camera(warped, original, a > 0.5, rng, float(np.sqrt(abs(np.linalg.det(inv[:, :2])))))
     base, base_w = base_layer(frame, face, inv, alpha)
@@ -677,23 +699,31 @@ def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray
     # everything is computed: now write (an exception above leaves the frame untouched)
     patch[:] = _blend(base, patch, base_w)
     roi = frame[y0:y1, x0:x1]
-    roi[:] = _blend(warped, roi, a)
+    under = roi.astype(np.float32)
+    fine = (warped - cv2.GaussianBlur(warped, (0, 0), DETAIL_SIGMA)) - (under - cv2.GaussianBlur(under, (0, 0), DETAIL_SIGMA))
+    roi[:] = np.clip(_blend(warped, roi, a) + (np.maximum(a_fine - a, 0.0))[..., None] * fine, 0, 255).astype(np.uint8)
 
 
 def with_grain(layer: np.ndarray, original: np.ndarray, weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The blurred layer given the camera's noise back: a blur also wipes the sensor grain, and
-    a grain-free ring around the new face reads as a pasted, plastic patch (the donor itself gets
-    its grain in :func:`match_camera`). Scaled for the blend at ``weight``, so that layer and
-    original mixed keep the original's noise level: sigma * sqrt(1 - (1 - w)^2) / w."""
+    """The blurred layer given grain back: a blur wipes the sensor noise and the fine texture of
+    hair and skin, and a smooth ring around the new face reads as a pasted, plastic patch (the
+    donor itself gets its grain in :func:`match_camera`). The grain's local strength is the
+    larger of the camera's noise and the fine texture energy the blur took away there (measured
+    at ``GRAIN_SCALE`` of the region, capped at ``GRAIN_MAX``): random, so it carries nothing of
+    the person beyond where the blurred layer already shows texture. Scaled for the blend at
+    ``weight``, so that layer and original mixed keep that level: sigma * sqrt(1 - (1 - w)^2) / w."""
     mask = weight > 0.5
     if mask.sum() < 16:
         return layer
-    sigma = _noise(cv2.cvtColor(original, cv2.COLOR_BGR2GRAY).astype(np.float32), mask)
-    if sigma <= 0.3:
-        return layer
+    g_o = cv2.cvtColor(original, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    g_l = cv2.cvtColor(np.clip(layer, 0, 255).astype(np.uint8), cv2.COLOR_BGR2GRAY).astype(np.float32)
+    scale = max(1.0, max(g_o.shape) * GRAIN_SCALE)
+    lost = _blur(cv2.Laplacian(g_o, cv2.CV_32F) ** 2 - cv2.Laplacian(g_l, cv2.CV_32F) ** 2, scale)
+    # white noise of sigma gives a Laplacian std of sqrt(20) sigma (the 3x3 kernel's energy)
+    sigma = np.maximum(np.minimum(np.sqrt(np.maximum(lost, 0.0) / 20.0), GRAIN_MAX), _noise(g_o, mask))
     w = np.clip(weight, 0.05, 1.0)
-    scale = sigma * np.sqrt(1.0 - (1.0 - w) ** 2) / w
-    return layer + (rng.standard_normal(layer.shape[:2]).astype(np.float32) * scale)[..., None]
+    amount = sigma * np.sqrt(1.0 - (1.0 - w) ** 2) / w
+    return layer + (rng.standard_normal(layer.shape[:2], dtype=np.float32) * amount)[..., None]
 
 
 def _blend(top: np.ndarray, under: np.ndarray, weight: np.ndarray) -> np.ndarray:

@@ -46,7 +46,7 @@ def load_detector(config: Config) -> Detector:
         log.warning("%s has a fixed input shape: no tiles, faces under %.0f px of a large frame are missed", cfg.file, cfg.min_face_px)
     if yunet.fixed is not None:
         return yunet
-    return TiledDetector(yunet, cfg.min_face_px, cfg.max_tiles, cfg.tile_size, cfg.tile_batch, cfg.border_score_threshold)
+    return TiledDetector(yunet, cfg.min_face_px, cfg.max_tiles, cfg.tile_size, cfg.tile_batch, cfg.border_score_threshold, cfg.low_light_pass)
 
 
 def embedding_space(embedder: ArcFaceEmbedder, path: Path) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_agent.tracker import box_iou
+from model_export.low_light import darken
 
 SIZES = (24, 40, 64, 128, 200)  # face widths (px) of the synthetic sweep
 GAINS = (0.25, 0.5, 1.0)  # scene brightness of the synthetic sweep (linear-light gain)
@@ -164,9 +165,7 @@ def scene(img: np.ndarray, width: float, face_w: float, gain: float, rng: np.ran
     light, with camera noise that grows as the light falls (as a sensor's does)."""
     s = width / face_w
     im = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
-    lin = (im.astype(np.float32) / 255.0) ** 2.2 * gain
-    noisy = lin ** (1 / 2.2) * 255.0 + rng.normal(0, 1.5 / np.sqrt(gain), im.shape)
-    return np.clip(noisy, 0, 255).astype(np.uint8)
+    return darken(im, gain, rng)
 
 
 def pad(im: np.ndarray, side: int = 320) -> np.ndarray:

@@ -31,6 +31,7 @@ from edge_agent.anonymize.diffusion import aligned_crop
 from edge_agent.anonymize.donor import DonorAnonymizer, _Track
 from edge_agent.anonymize.refine import REFINE_CROP, head_weight, network_input
 from edge_agent.faces import Face
+from model_export.low_light import darken
 from model_export.anonymizer.teacher import SCHEDULE, optimise, step_done, train_scheduler
 
 UNET_CONFIG = dict(
@@ -95,8 +96,7 @@ def scene_window(img: np.ndarray, box: np.ndarray, lm: np.ndarray, width: float,
     m = np.array([[s, 0, half - cx], [0, s, half - cy]], np.float32)
     side = int(round(2 * half))
     im = cv2.warpAffine(img, m, (side, side), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
-    lin = (im.astype(np.float32) / 255.0) ** 2.2 * gain
-    im = np.clip(lin ** (1 / 2.2) * 255.0 + rng.normal(0, 1.5 / np.sqrt(gain), im.shape), 0, 255).astype(np.uint8)
+    im = darken(im, gain, rng)
     pts = np.hstack([np.asarray(lm, np.float32), np.ones((5, 1), np.float32)]) @ m.T
     b = np.array([box[0], box[1], 1, box[2], box[3], 1], np.float32).reshape(2, 3) @ m.T
     return im, Face(b.reshape(-1).astype(np.float32), pts.astype(np.float32), 0.9)
