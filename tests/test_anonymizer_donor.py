@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from edge_agent.anonymize.base import face_region
-from edge_agent.anonymize.donor import BANK, DonorAnonymizer, DonorBank, landmarks_fit
+from edge_agent.anonymize.descriptors import tone_mask
+from edge_agent.anonymize.donor import BANK, FOREHEAD_MAX, DonorAnonymizer, DonorBank, forehead_band, forehead_cover, landmarks_fit
 from edge_agent.faces import Face
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,25 @@ def test_bank_matches_its_model_card():
     assert np.all(np.isfinite(bank.pose)) and np.all(np.isfinite(bank.tone))
     crop, lm = bank.donor(bank.size + 3)  # a mirrored donor
     assert crop.shape == (128, 128, 3) and lm[0, 0] < lm[1, 0]
+
+
+def test_donors_with_hair_or_headwear_on_the_forehead_are_never_chosen():
+    """A donor's fringe, cap or hat pasted onto a stranger's bare forehead reads as painted-on
+    hair: donors whose upper forehead (the top of the paste ellipse) is mostly not skin are left
+    out of every choice, mirrored copies included. The same donor with that band painted its own
+    skin colour counts as clear: the measure looks at the forehead, not at the person."""
+    bank = DonorBank()
+    left_out = ~bank.chosen[: bank.size]
+    assert 0.05 * bank.size <= left_out.sum() <= 0.3 * bank.size, left_out.sum()
+    assert (bank.chosen[: bank.size] == bank.chosen[bank.size:]).all()
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        tone = np.array([rng.uniform(30, 80), rng.uniform(0, 20), rng.uniform(0, 30)], np.float32)
+        assert bank.chosen[bank.nearest(rng.uniform(-0.5, 0.5), rng.uniform(-0.3, 0.3), tone)].all()
+    crop = bank.donor(int(np.nonzero(left_out)[0][0]))[0].copy()
+    assert forehead_cover(crop) > FOREHEAD_MAX
+    crop[forehead_band(crop.shape[0])] = np.median(crop[tone_mask(crop.shape[0])], 0)
+    assert forehead_cover(crop) < 0.1
 
 
 def test_donor_face_is_another_person_for_both_recognisers(models, anon):

@@ -9,7 +9,9 @@ invent on a CPU. Per face (numpy / OpenCV only):
    and leave the person's own features visible.
 2. **Donor**: once per track, chosen deterministically from the track's seed among the donors
    nearest in pose (yaw, pitch) and skin tone (mirrored donors double the poses); kept for the
-   track's life, so one synthetic person per track.
+   track's life, so one synthetic person per track. Donors with a fringe, cap or hat over the
+   upper forehead are never chosen (:func:`forehead_cover`): pasted, that hair lands on the
+   stranger's bare forehead.
 3. **Warp**: the donor's aligned crop is warped onto the stranger's 5 landmarks in template space:
    an affine fit for small faces, a thin-plate spline for large ones (eyes, nose and mouth land on
    the stranger's own). Crop side per size class (:data:`SIZE_CLASSES`): 64 px under
@@ -69,6 +71,9 @@ REUSE_SHIFT = 0.02  # a face whose landmarks moved less than this share of its w
 REUSE_FRAMES = 8  # ...gets that render replayed, for up to this many frames (then drawn anew: light changes)
 REACH = 1.1  # a render writes within the head ellipse's bounding box grown this much (checked)
 GEOMETRY_SWAP = 0.6  # at degree 2, this share of the face's 5-point layout is the donor's
+FOREHEAD_BAND = 0.6  # eye-to-mouth spans above the eyes: the forehead from there up to the paste's top edge...
+FOREHEAD_MAX = 0.5  # ...a donor with more than this share of it hair or headwear is never chosen
+HAIR_DL, HAIR_DAB = 15.0, 12.0  # L* darker than the donor's skin, or a*b* this far from it: not skin
 FEATHER = 0.25  # the paste's feather, in ellipse radii: coarse shading meets the frame over it...
 DETAIL_FEATHER = 0.08  # ...fine detail over this much (two-band blend, :func:`paste`)
 DETAIL_SIGMA = 1.5  # frame px: the split between the fine band and the coarse one
@@ -98,6 +103,29 @@ def paste_masks(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     sharp = np.clip((1.0 - r) / DETAIL_FEATHER, 0.0, 1.0).astype(np.float32)
     inner = r <= 0.8
     return alpha, sharp, (r <= 1.0), inner
+
+
+@lru_cache(maxsize=2)
+def forehead_band(size: int) -> np.ndarray:
+    """The top of the pasted ellipse (template space): the upper forehead, where a donor's
+    fringe, cap or hat would be pasted onto a stranger's bare forehead."""
+    (cx, cy), (ax, ay) = paste_ellipse(size)
+    t = template(size, MARGIN)
+    eyes_y = (t[0, 1] + t[1, 1]) / 2
+    span = (t[3, 1] + t[4, 1]) / 2 - eyes_y
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    return (((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1.0) & (yy < eyes_y - FOREHEAD_BAND * span)
+
+
+def forehead_cover(crop: np.ndarray) -> float:
+    """Share of an aligned crop's upper forehead (:func:`forehead_band`) that is not skin: darker
+    than the cheeks' L* by ``HAIR_DL`` or ``HAIR_DAB`` away from their a*b* (hair, a cap, a hat;
+    a bald head's highlights stay skin)."""
+    tone = appearance(crop)[:3]
+    lab = cv2.cvtColor(crop, cv2.COLOR_BGR2LAB).astype(np.float32)[forehead_band(crop.shape[0])]
+    lstar, ab = lab[:, 0] * 100 / 255, lab[:, 1:] - 128
+    other = (lstar < tone[0] - HAIR_DL) | (np.sqrt(((ab - tone[1:]) ** 2).sum(1)) > HAIR_DAB)
+    return float(other.mean())
 
 
 def landmarks_fit(face: Face) -> bool:
@@ -178,6 +206,9 @@ def _aligned_resize(grid: np.ndarray, size: int) -> np.ndarray:
 
 
 # -- the bank ---------------------------------------------------------------------------------
+_CLEAR_FOREHEAD: dict[str, np.ndarray] = {}  # bank sha256 -> donors that may be chosen (a scan costs ~0.3 s)
+
+
 class DonorBank:
     """The packed synthetic faces: descriptors in memory, crops decoded on first use."""
 
@@ -198,22 +229,42 @@ class DonorBank:
         self.tone = np.concatenate([tone, tone]).astype(np.float32)
         self.size = n
         self._decoded: OrderedDict[int, np.ndarray] = OrderedDict()
+        clear = _CLEAR_FOREHEAD.get(self.sha256)
+        if clear is None:
+            clear = _CLEAR_FOREHEAD.setdefault(self.sha256, self._clear_foreheads())
+        self.chosen = np.concatenate([clear, clear])
 
     def nearest(self, yaw: float, pitch: float, tone: np.ndarray, k: int = NEAREST) -> np.ndarray:
         """Indices (``>= size``: mirrored) of the ``k`` donors closest in pose and skin tone."""
         d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + (((self.tone - tone[:3]) / TONE_SCALE) ** 2).sum(1)
-        k = min(k, len(d))
+        d = np.where(self.chosen, d, np.inf)
+        k = min(k, int(self.chosen.sum()))
         idx = np.argpartition(d, k - 1)[:k]
         return idx[np.argsort(d[idx], kind="stable")]
+
+    def _clear_foreheads(self) -> np.ndarray:
+        """Donors whose fringe, cap or hat would paint hair onto a bare forehead are left out
+        (scanned at half size; a bank with too few others keeps them all)."""
+        clear = np.ones(self.size, bool)
+        for i in range(self.size):
+            small = cv2.imdecode(self.jpeg[self.offsets[i]:self.offsets[i + 1]], cv2.IMREAD_REDUCED_COLOR_2)
+            clear[i] = small is not None and forehead_cover(small) <= FOREHEAD_MAX
+        if clear.sum() < NEAREST:
+            clear[:] = True
+        return clear
+
+    def _decode(self, base: int) -> np.ndarray:
+        crop = cv2.imdecode(self.jpeg[self.offsets[base]:self.offsets[base + 1]], cv2.IMREAD_COLOR)
+        if crop is None or crop.shape != (BANK_SIDE, BANK_SIDE, 3):
+            raise ValueError(f"donor {base} does not decode")
+        return crop
 
     def donor(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(BGR uint8 [128, 128, 3], landmarks [5, 2]) of donor ``i`` (mirrored when >= size)."""
         base = int(i) % self.size
         crop = self._decoded.get(base)
         if crop is None:
-            crop = cv2.imdecode(self.jpeg[self.offsets[base]:self.offsets[base + 1]], cv2.IMREAD_COLOR)
-            if crop is None or crop.shape != (BANK_SIDE, BANK_SIDE, 3):
-                raise ValueError(f"donor {base} does not decode")
+            crop = self._decode(base)
             self._decoded[base] = crop
             while len(self._decoded) > 256:
                 self._decoded.popitem(last=False)
