@@ -273,6 +273,20 @@ def test_faces_in_a_dark_noisy_frame_are_found_by_the_denoised_pass(shared_dir, 
     assert found["with"] >= 0.7 * total and found["with"] >= found["without"] + 0.15 * total, (found, total)
 
 
+def test_low_light_trigger_reads_darkness_and_sensor_noise(shared_dir):
+    """The second pass is for frames a camera took in little light, whichever way it exposed
+    them: dark (median grey <= 50), or brightened with its gain and so noisy. The noise estimate
+    reads the added noise's sigma back within a grey level (edges do not count), so a clean, bright photo is searched
+    once and the same photo with a sensor's noise of 5 grey levels twice."""
+    rng = np.random.default_rng(11)
+    for path in sorted((shared_dir / "faces/crowds").glob("*.jpg"))[:4]:
+        photo = cv2.imread(str(path))
+        noisy = np.clip(photo + rng.normal(0, 5.0, photo.shape[:2])[..., None], 0, 255).astype(np.uint8)  # luma noise
+        assert not low_light(photo) and low_light(noisy), path.name
+        assert noise_sigma(photo) < NOISY_SIGMA and 4.0 <= noise_sigma(noisy) <= 6.5, (path.name, noise_sigma(photo), noise_sigma(noisy))
+        assert low_light((photo * 0.15).astype(np.uint8)), path.name
+
+
 def test_weak_border_box_touching_a_confident_face_is_dropped(shared_dir, yunet):
     """obama1.jpg: a 0.27 box along the bottom border touches Obama's box; kept, its redaction
     would spill over him when he is registered. A weak box on its own at the border stays."""
