@@ -39,10 +39,13 @@ def tone_mask(size: int, margin: float = 0.25) -> np.ndarray:
     return m > 0
 
 
+def lab_pixels(crop_bgr: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[N, 3] L*a*b* of the masked pixels (L* in 0-100, a*/b* centred on 0)."""
+    px = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2LAB)[mask].astype(np.float32)
+    return px * np.array([100 / 255, 1, 1], np.float32) - np.array([0, 128, 128], np.float32)
+
+
 def appearance(crop_bgr: np.ndarray) -> np.ndarray:
     """[L*, a*, b*, L* spread] of an aligned crop's skin (L* in 0-100, a*/b* centred on 0)."""
-    lab = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2LAB).astype(np.float32)
-    m = tone_mask(crop_bgr.shape[0])
-    px = lab[m]
-    return np.array([np.median(px[:, 0]) * 100 / 255, np.median(px[:, 1]) - 128, np.median(px[:, 2]) - 128,
-                     np.std(px[:, 0]) * 100 / 255], np.float32)
+    px = lab_pixels(crop_bgr, tone_mask(crop_bgr.shape[0]))
+    return np.array([*np.median(px, 0), np.std(px[:, 0])], np.float32)

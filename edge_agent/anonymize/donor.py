@@ -43,7 +43,7 @@ import numpy as np
 
 from edge_agent.align import similarity_transform, template
 from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_ellipse, face_region
-from edge_agent.anonymize.descriptors import appearance, pose, tone_mask
+from edge_agent.anonymize.descriptors import appearance, lab_pixels, pose, tone_mask
 from edge_agent.anonymize.diffusion import MARGIN, BudgetExceeded, _blur, aligned_crop
 from edge_agent.faces import Face
 
@@ -80,12 +80,18 @@ DETAIL_SIGMA = 1.5  # frame px: the split between the fine band and the coarse o
 
 
 # -- geometry ----------------------------------------------------------------------------------
+def eyes_and_span(size: int) -> tuple[float, float]:
+    """Template-space row of the eyes and the eye-to-mouth span: the units of the paste's reach."""
+    t = template(size, MARGIN)
+    eyes_y = (t[0, 1] + t[1, 1]) / 2
+    return float(eyes_y), float((t[3, 1] + t[4, 1]) / 2 - eyes_y)
+
+
 def paste_ellipse(size: int) -> tuple[tuple[float, float], tuple[float, float]]:
     """(centre, semi-axes) of the pasted face in template space: brow to below the chin, cheek to
     cheek (the skin a viewer reads as the face), from the aligned template so it scales."""
     t = template(size, MARGIN)
-    eyes_y = (t[0, 1] + t[1, 1]) / 2
-    span = (t[3, 1] + t[4, 1]) / 2 - eyes_y
+    eyes_y, span = eyes_and_span(size)
     top, bottom = eyes_y - PASTE_REACH[0] * span, eyes_y + (1.0 + PASTE_REACH[1]) * span
     half_w = PASTE_REACH[2] * float(t[1, 0] - t[0, 0])
     return (float(t[:, 0].mean()), float(top + bottom) / 2), (half_w, float(bottom - top) / 2)
@@ -110,9 +116,7 @@ def forehead_band(size: int) -> np.ndarray:
     """The top of the pasted ellipse (template space): the upper forehead, where a donor's
     fringe, cap or hat would be pasted onto a stranger's bare forehead."""
     (cx, cy), (ax, ay) = paste_ellipse(size)
-    t = template(size, MARGIN)
-    eyes_y = (t[0, 1] + t[1, 1]) / 2
-    span = (t[3, 1] + t[4, 1]) / 2 - eyes_y
+    eyes_y, span = eyes_and_span(size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     return (((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1.0) & (yy < eyes_y - FOREHEAD_BAND * span)
 
@@ -122,9 +126,8 @@ def forehead_cover(crop: np.ndarray) -> float:
     than the cheeks' L* by ``HAIR_DL`` or ``HAIR_DAB`` away from their a*b* (hair, a cap, a hat;
     a bald head's highlights stay skin)."""
     tone = appearance(crop)[:3]
-    lab = cv2.cvtColor(crop, cv2.COLOR_BGR2LAB).astype(np.float32)[forehead_band(crop.shape[0])]
-    lstar, ab = lab[:, 0] * 100 / 255, lab[:, 1:] - 128
-    other = (lstar < tone[0] - HAIR_DL) | (np.sqrt(((ab - tone[1:]) ** 2).sum(1)) > HAIR_DAB)
+    lab = lab_pixels(crop, forehead_band(crop.shape[0]))
+    other = (lab[:, 0] < tone[0] - HAIR_DL) | (np.sqrt(((lab[:, 1:] - tone[1:]) ** 2).sum(1)) > HAIR_DAB)
     return float(other.mean())
 
 
