@@ -28,6 +28,7 @@ MAX_UPSCALE = 2.0  # tiles are never enlarged more than this (interpolation inve
 DARK_LUMA = 50.0  # a frame whose median grey level is at most this is dark (the demo clip: 9-27)...
 NOISY_SIGMA = 3.0  # ...or whose sensor noise (grey levels) is at least this: a second, denoised pass
 DENOISE_SIGMA = 1.5  # Gaussian sigma (frame px) of that pass (see TiledDetector)
+DARK_SAMPLE_PX = 480  # the darkness test reads a nearest-neighbour copy this wide (any frame size costs the same)
 
 
 @dataclass(frozen=True)
@@ -118,29 +119,41 @@ def merge(boxes: np.ndarray, scores: np.ndarray, cut: np.ndarray, nms_threshold:
 
 
 def low_light(frame: np.ndarray) -> bool:
-    """Is the frame dark (median grey level of every second pixel <= ``DARK_LUMA``) or noisy
-    (:func:`noise_sigma` >= ``NOISY_SIGMA``)? A camera that exposes for a dim room gives a
-    bright but noisy frame; one that does not, a dark one."""
-    if float(np.median(cv2.cvtColor(np.ascontiguousarray(frame[::2, ::2]), cv2.COLOR_BGR2GRAY))) <= DARK_LUMA:
+    """Is the frame dark (median grey level of a ``DARK_SAMPLE_PX``-wide sample <= ``DARK_LUMA``) or
+    noisy (:func:`noise_sigma` >= ``NOISY_SIGMA``)? A camera that exposes for a dim room gives a
+    bright but noisy frame; one that does not, a dark one. It runs on every frame, so it reads a
+    small sample and histograms, never the whole frame sorted."""
+    h, w = frame.shape[:2]
+    k = min(1.0, DARK_SAMPLE_PX / w)
+    small = cv2.resize(frame, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_NEAREST)
+    if _median_bin(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)) <= DARK_LUMA:
         return True
     return noise_sigma(frame) >= NOISY_SIGMA
 
 
 NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)  # cancels flat and sloped areas
+NOISE_STEP = 0.25  # grey levels: the resolution of the noise filter's median (a histogram's bin; 255 bins
+# reach sigma ~16, far past NOISY_SIGMA: noisier frames read ~16)
 
 
 def noise_sigma(frame: np.ndarray, side: int = 512) -> float:
     """Sensor noise (grey levels) from the centre ``side`` x ``side`` of the frame: the robust
     spread of a second-difference filter, whose response to white noise of sigma is 6 sigma
-    (Immerkaer's estimator, with a median so that edges do not count). Clean photos: 0.3-2.2."""
-    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    h, w = grey.shape
+    (Immerkaer's estimator, with a median so that edges do not count; taken from a histogram of
+    ``NOISE_STEP`` bins, far faster than sorting). Clean photos: 0.3-2.2."""
+    h, w = frame.shape[:2]
     y0, x0 = max((h - side) // 2, 0), max((w - side) // 2, 0)
-    centre = grey[y0:y0 + side, x0:x0 + side].astype(np.float32)
+    centre = cv2.cvtColor(np.ascontiguousarray(frame[y0:y0 + side, x0:x0 + side]), cv2.COLOR_BGR2GRAY).astype(np.float32)
     if min(centre.shape) < 3:
         return 0.0
     response = cv2.filter2D(centre, -1, NOISE_KERNEL)[1:-1, 1:-1]
-    return 1.4826 * float(np.median(np.abs(response))) / 6.0
+    return 1.4826 * _median_bin(cv2.convertScaleAbs(response, alpha=1.0 / NOISE_STEP)) * NOISE_STEP / 6.0
+
+
+def _median_bin(image: np.ndarray) -> int:
+    """Median of a uint8 image, from its histogram."""
+    counts = cv2.calcHist([image], [0], None, [256], [0, 256]).ravel()
+    return int(np.searchsorted(np.cumsum(counts), (image.size + 1) // 2))
 
 
 class TiledDetector:
