@@ -164,8 +164,8 @@ class TiledDetector:
     0.5-0.9 (demo clip, frames 52-61), and a stray redaction at the border costs little.
 
     ``low_light_pass``: a dark or noisy frame (:func:`low_light`) is also searched denoised
-    (Gaussian, ``DENOISE_SIGMA``), and the candidates of both passes are merged. YuNet loses
-    faces to sensor noise far more than to darkness: on the crowd photos darkened to 1 % of
+    (Gaussian, ``DENOISE_SIGMA``), and the candidates of both passes are merged: on the crowd
+    photos darkened to 1 % of
     their light with a sensor's noise and JPEG 60 the stack found 0.676 of the faces, with this
     pass 0.936 (``model_export recall``, set "dark 1% light"). It costs 2-3x the detector's time
     on such frames."""

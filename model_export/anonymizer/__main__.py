@@ -127,6 +127,16 @@ def main(argv=None) -> None:
     a.add_argument("--cache", type=Path, default=Path("build/anonymizer/dlib_gallery.npz"))
     a.add_argument("--out", type=Path, default=Path("reports/anonymizer"))
 
+    a = sub.add_parser("classifier-probe", help="what lets the realism classifier tell donor faces from real ones (feature groups, own-face pastes, blur variants with re-ID)")
+    a.add_argument("--shared", type=Path, required=True)
+    a.add_argument("--data", type=Path, default=Path("data/anonymizer"), help="prepare's output (lfw.npz) for re-ID")
+    a.add_argument("--synth", type=Path, default=Path("data/anonymizer/synth"))
+    a.add_argument("--synth-faces", type=int, default=60)
+    a.add_argument("--bank", type=Path, default=Path("edge_agent/assets/donor_bank.npz"))
+    a.add_argument("--gallery", type=int, default=1000, help="held-out LFW identities for re-ID (0: skip)")
+    a.add_argument("--dlib-probes", type=int, default=200)
+    a.add_argument("--cache", type=Path, default=Path("build/anonymizer/dlib_gallery.npz"))
+
     a = sub.add_parser("eval-video-identity", help="video faces of every size vs their anonymized selves (project recogniser and dlib)")
     a.add_argument("--shared", type=Path, required=True)
     a.add_argument("--bank", type=Path, default=Path("edge_agent/assets/donor_bank.npz"))
@@ -216,6 +226,10 @@ def main(argv=None) -> None:
         from model_export.anonymizer.realism import evaluate_realism
 
         evaluate_realism(args)
+    elif args.cmd == "classifier-probe":
+        from model_export.anonymizer.classifier_probe import probe
+
+        probe(args)
     elif args.cmd == "eval-video-identity":
         from model_export.anonymizer.realism import evaluate_video_identity
 
