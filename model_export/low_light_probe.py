@@ -8,7 +8,8 @@ the configured stack (single + denoised pass), the denoised pass alone, the sing
 half-resolution denoised pass (a cheaper second pass), plus a denoised pass that keeps confident
 boxes only (no border threshold), plus a denoised and brightened pass (gamma 0.5). Then every
 clip under video/: how many frames trigger the pass, detections and detector ms a frame with and
-without it, and the boxes the denoised pass alone would miss. Numbers only; nothing is written.
+without it, the boxes the denoised pass alone would miss, and how many of the faces the stack
+finds in the clip are found again in a darkened copy (10 %, 3 %, 1 % light). Numbers only.
 """
 
 from __future__ import annotations
@@ -100,6 +101,28 @@ def main(argv=None) -> None:
         if frames:
             print(f"{clip.name}: {frames} frames, {triggered} trigger the pass; detections {without} single, {with_pass} with the pass "
                   f"({1000 * t_without / frames:.1f} vs {1000 * t_with / frames:.1f} ms a frame); the denoised pass alone misses {missed}")
+            _darkened_clip(clip, stack, a.frames)
+
+
+def _darkened_clip(clip: Path, stack: TiledDetector, limit: int) -> None:
+    """The clip's faces as the stack finds them in full light (boxes off the frame border, where
+    weak false positives sit), found again in a darkened copy of the same frames."""
+    for gain in (0.1,) + GAINS[1:]:
+        cap = cv2.VideoCapture(str(clip))
+        rng = np.random.default_rng(7)
+        refs = hits = frames = 0
+        while frames < limit:
+            ok, f = cap.read()
+            if not ok:
+                break
+            frames += 1
+            h, w = f.shape[:2]
+            r = [x.box for x in stack.detect(f) if x.box[0] > 2 and x.box[1] > 2 and x.box[2] < w - 2 and x.box[3] < h - 2]
+            if r:
+                refs += len(r)
+                hits += _found(r, _boxes(stack.detect(darken(f, gain, rng, jpeg_quality=60))))
+        if refs:
+            print(f"  darkened to {gain:.0%}: {hits} of {refs} full-light faces found")
 
 
 if __name__ == "__main__":
