@@ -27,7 +27,9 @@ def donor_engine(cfg: AnonymizerConfig, fallback: Anonymizer, embedder=None) -> 
     d = cfg.donor
     try:
         refiner = None
-        if d.refiner:
+        if d.refiner and embedder is None:
+            log.warning("donor.refiner is off: each refined face is checked with the recogniser, and recognition is disabled")
+        elif d.refiner:
             from edge_agent.anonymize.refine import REFINER, Refiner
 
             refiner = Refiner(d.refiner_model or REFINER)

@@ -463,7 +463,8 @@ class DonorAnonymizer(TrackedAnonymizer):
     max_tracks: bound on remembered tracks (least recently used dropped).
     refiner: the distilled refiner (:class:`~edge_agent.anonymize.refine.Refiner`) that renders
         each composite of a face from ``REFINE_MIN_PX`` into the scene; it sees only the
-        composite. ``None``: composites as pasted.
+        composite, and every refined face is checked with ``embedder`` (required with it): at
+        ``max_similarity`` or above the refinement is undone. ``None``: composites as pasted.
     refine_budget_ms: per-frame time for refining; later faces of that frame keep the unrefined
         (already anonymized) composite.
     """
@@ -487,6 +488,8 @@ class DonorAnonymizer(TrackedAnonymizer):
     ) -> None:
         from edge_agent.anonymize.classical import Blur, Pixelate
 
+        if refiner is not None and embedder is None:
+            raise ValueError("the donor refiner needs the embedder: each refined face is checked against the person")
         self.bank = DonorBank(bank_path)
         # Landmarks that do not fit a face: the whole head region blurred (on the demo clip's
         # misfits it left the least of the person to the recogniser: mean cosine 0.085 vs 0.124
@@ -509,7 +512,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         self._tracks: OrderedDict[int, _Track] = OrderedDict()
         self._frame_no = 0
         self._frame_start: float | None = None
-        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "too_similar": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "replayed": 0}
+        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "too_similar": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "refine_undone": 0, "replayed": 0}
 
     def priority(self, seed: int) -> float:
         """Faces that showed their donor last frame keep it (a face switching between donor and
@@ -632,23 +635,45 @@ class DonorAnonymizer(TrackedAnonymizer):
         now = ColourStats.of(crop, inner)
         track.stats = now if track.stats is None else track.stats.blend(now, STAT_SMOOTHING)
         new_bgr = transfer(warped.astype(np.float32), crop, hard, inner, track.stats, self.degree)
+        refine = self._may_refine(face)
+        t0 = time.perf_counter()
+        # the person, embedded before the paste removes them: what the refined face is checked against
+        person = self.embedder.embed(frame, [face])[0] if refine else None
+        self._refine_ms += (time.perf_counter() - t0) * 1000.0
         paste(frame, face, matrix, new_bgr, alpha, sharp, np.random.default_rng([seed & 0xFFFFFFFF, self._frame_no]))
-        if self.refiner is not None:
-            self._refine(frame, face, seed)
+        if refine:
+            self._refine(frame, face, seed, person)
 
-    def _refine(self, frame: np.ndarray, face: Face, seed: int) -> None:
-        """The refiner over the pasted composite, within the frame's refine budget, on faces at
-        least its crop wide: on a 38 px audience face of the demo clip its correction (trained to
-        restore a scene) brought the face back to cosine 0.45 to the original."""
-        if face.width < REFINE_MIN_PX:
-            return
+    def _may_refine(self, face: Face) -> bool:
+        """Is ``face`` refined this frame: a refiner, the face at least its crop wide (on a 38 px
+        audience face of the demo clip its correction, trained to restore a scene, brought the face
+        back to cosine 0.45 to the original), and refine time left in the frame."""
+        if self.refiner is None or face.width < REFINE_MIN_PX:
+            return False
         if self.refine_budget_ms is not None and self._refine_ms > self.refine_budget_ms:
             self.stats["refine_skipped"] += 1
-            return
+            return False
+        return True
+
+    def _refine(self, frame: np.ndarray, face: Face, seed: int, person: np.ndarray) -> None:
+        """The refiner over the pasted composite, checked on every render against ``person`` (the
+        original's embedding): the refiner is trained to restore a scene, and in one CI run it
+        brought a 65 px audience face back to cosine 0.43 to its original, from a composite that had
+        passed its check. A refinement at ``max_similarity`` or above is undone: the composite stays,
+        itself checked in turn (it passed at the track's first frame, not at this pose); a composite
+        that is too close also gets ``small_faces`` over it."""
         t0 = time.perf_counter()
+        rows, cols, _ = face_region(face, frame.shape)
+        composite = frame[rows, cols].copy()
         self.refiner.refine(frame, face, seed)
+        if float(person @ self.embedder.embed(frame, [face])[0]) >= self.max_similarity:
+            frame[rows, cols] = composite
+            self.stats["refine_undone"] += 1
+            if float(person @ self.embedder.embed(frame, [face])[0]) >= self.max_similarity:
+                self.small_faces.anonymize(frame, face, seed)
+        else:
+            self.stats["refined"] += 1
         self._refine_ms += (time.perf_counter() - t0) * 1000.0
-        self.stats["refined"] += 1
 
     def begin_frame(self, faces: Sequence[Face] | None = None) -> None:
         super().begin_frame(faces)

@@ -337,8 +337,12 @@ def donor_modes(args, degree: float = 1.0, label: str = "donor d=1") -> dict:
     modes = {label: DonorAnonymizer(args.bank, degree=degree, budget_ms=None, frame_budget_ms=None)}
     if args.refiner and Path(args.refiner).is_file():
         from edge_agent.anonymize.refine import Refiner
+        from edge_agent.models.arcface import ArcFaceEmbedder
+        from model_export.anonymizer.data import arcface_path
 
+        # the refiner as the agent runs it: each refined face checked with the recogniser
         modes[f"{label} + refiner"] = DonorAnonymizer(args.bank, degree=degree, budget_ms=None, frame_budget_ms=None,
+                                                       embedder=ArcFaceEmbedder(arcface_path(args.shared), threads=args.threads),
                                                        refiner=Refiner(args.refiner, threads=args.threads), refine_budget_ms=None)
     return modes
 
