@@ -13,7 +13,8 @@ import pytest
 
 from edge_agent.anonymize.base import face_region
 from edge_agent.anonymize.descriptors import tone_mask
-from edge_agent.anonymize.donor import BANK, FOREHEAD_MAX, DonorAnonymizer, DonorBank, forehead_band, forehead_cover, landmarks_fit
+from edge_agent.anonymize.donor import (BANK, FOREHEAD_MAX, DonorAnonymizer, DonorBank, forehead_band, forehead_cover, landmarks_fit,
+                                        shadowed)
 from edge_agent.faces import Face
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,14 +99,53 @@ def test_off_centre_landmarks_get_the_whole_head_redacted(models, anon):
     out = img.copy()
     anon.anonymize(out, bad, seed=99)
     assert anon.donor_of(99) is None
-    # the real face (box interior) is blurred flat: no eye, nose or mouth edges are left
+    # the real face (box interior) is out of focus: no eye, nose or mouth edges are left (edges at
+    # the features' scale: the camera grain put back over the blur is finer)
     x1, y1, x2, y2 = (int(v) for v in face.box)
 
     def edges(im):
-        return float(cv2.Laplacian(cv2.cvtColor(im[y1:y2, x1:x2], cv2.COLOR_BGR2GRAY), cv2.CV_32F).std())
+        grey = cv2.GaussianBlur(cv2.cvtColor(im[y1:y2, x1:x2], cv2.COLOR_BGR2GRAY).astype(np.float32), (0, 0), 2.0)
+        return float(cv2.Laplacian(grey, cv2.CV_32F).std())
 
     assert edges(out) < 0.1 * edges(img)
     assert cosine(emb, img, out, face) < 0.35
+
+
+def _inner_face(face: Face, x: float, y: float, scale: float, score: float) -> Face:
+    """``face`` shrunk by ``scale`` about a point (box share ``x``, ``y``): a face-like constellation
+    the detector reports inside a bigger face's box, with landmarks that fit its own box."""
+    x1, y1, x2, y2 = (float(v) for v in face.box)
+    at = np.array([x1 + x * (x2 - x1), y1 + y * (y2 - y1)], np.float32)
+    box = ((np.asarray(face.box, np.float32).reshape(2, 2) - at) * scale + at).reshape(4)
+    return Face(box, (np.asarray(face.landmarks, np.float32) - at) * scale + at, score)
+
+
+def test_second_detection_of_a_head_gets_no_second_face(models):
+    """The demo clip's close-up: a face-like constellation on the forehead (score 0.66) beside the
+    real face (0.93), its track coasting for frames after. One head gets one synthetic face: the
+    second detection is blurred out of focus first (whichever order the faces come in), and the
+    main face's donor is pasted over it."""
+    _, emb, photos = models
+    img, face = photos[0]
+    ghost = _inner_face(face, 0.3, 0.1, 0.7, 0.66)
+    assert landmarks_fit(ghost) and face.score > ghost.score
+    assert shadowed([face, ghost]) == [ghost] and shadowed([ghost]) == []
+    assert shadowed([face, _inner_face(face, 0.5, 0.5, 1.0, float(face.score))]) != []  # equal scores: one is kept
+    far = Face(face.box + np.float32([2 * face.width, 0, 2 * face.width, 0]), face.landmarks + np.float32([2 * face.width, 0]), 0.5)
+    assert shadowed([face, far]) == []  # two heads side by side: both are faces
+    for order in ((face, 1), (ghost, 2)), ((ghost, 2), (face, 1)):
+        anon = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)
+        out = img.copy()
+        anon.begin_frame([face, ghost])
+        for f, seed in order:
+            anon.anonymize(out, f, seed=seed)
+        assert anon.donor_of(1) is not None and anon.donor_of(2) is None
+        assert anon.stats["shadowed"] == 1 and anon.stats["rendered"] == 1
+        assert cosine(emb, img, out, face) < 0.35
+        alone = img.copy()
+        DonorAnonymizer(budget_ms=None, frame_budget_ms=None).anonymize(alone, face, seed=1)
+        # inside the face's paste the image is the donor's, not a blur with a second face in it
+        assert cosine(emb, alone, out, face) > 0.6
 
 
 def test_unsure_detection_gets_the_fallback_not_a_face(models):
