@@ -68,6 +68,7 @@ STRONG_BLUR = 1 / 20  # the blur under and around the new face, as a share of th
 LIGHT_BLUR = 1 / 80  # the blur over hair and ears, as a share of the head region's side (1/160 kept more strands but raised LFW re-ID)
 HEAD_BLUR = 1 / 6  # a turned head's features: the blur, as a share of the head region's side...
 HEAD_CORE = (0.05, 0.3)  # ...full from this depth into the region (0 rim, 1 centre), none below the first
+RECHECK_DRIFT = (0.15, 0.1, 1.5)  # yaw, pitch, width ratio from the last check past which a render is checked again
 REFINE_MIN_PX = 64  # narrower faces are not refined (the refiner's crop; see _refine)
 REUSE_SHIFT = 0.02  # a face whose landmarks moved less than this share of its width since its last render...
 REUSE_FRAMES = 8  # ...gets that render replayed, for up to this many frames (then drawn anew: light changes)
@@ -407,6 +408,7 @@ class _Track:
     rendered: int = -1  # frame number of its last donor render
     shown: int = -1  # frame number it last showed its donor (rendered or replayed)
     replay: _Replay | None = None  # its last render, where no other face came near
+    checked: tuple[float, float, float] | None = None  # (yaw, pitch, width) at its last passed recogniser check
 
 
 @dataclass
@@ -543,7 +545,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         self._tracks: OrderedDict[int, _Track] = OrderedDict()
         self._frame_no = 0
         self._frame_start: float | None = None
-        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "shadowed": 0, "too_similar": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "refine_undone": 0, "replayed": 0}
+        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "shadowed": 0, "too_similar": 0, "rechecked": 0, "recheck_failed": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "refine_undone": 0, "replayed": 0}
 
     def priority(self, seed: int) -> float:
         """Faces that showed their donor last frame keep it (a face switching between donor and
@@ -612,7 +614,11 @@ class DonorAnonymizer(TrackedAnonymizer):
             self.small_faces.anonymize(frame, face, seed)
             return
         before = frame[area].copy() if alone else None
-        self.render(frame, face, track, seed)
+        recheck = self._drifted(track, face)
+        person = self.embedder.embed(self._scene_for(face, frame), [face])[0] if recheck else None
+        self.render(frame, face, track, seed, person)
+        if recheck:
+            self._recheck(frame, face, track, seed, person)
         track.rendered = track.shown = self._frame_no
         # kept only where no other face's render could have reached: a replay then writes back
         # nothing but this face's own anonymized pixels
@@ -640,6 +646,7 @@ class DonorAnonymizer(TrackedAnonymizer):
                 before, after = self.embedder.embed(scene, [face])[0], self.embedder.embed(out, [face])[0]
                 if float(before @ after) < self.max_similarity:
                     track = trial
+                    track.checked = (yaw, pitch, float(face.width))
                     break
                 self.stats["too_similar"] += 1
         self._tracks[seed] = track
@@ -648,8 +655,32 @@ class DonorAnonymizer(TrackedAnonymizer):
             self._tracks.popitem(last=False)
         return track
 
-    def render(self, frame: np.ndarray, face: Face, track: _Track, seed: int) -> None:
-        """Warp the track's donor onto ``face``, match the scene, paste (in place)."""
+    def _drifted(self, track: _Track, face: Face) -> bool:
+        """Has the face turned or grown (``RECHECK_DRIFT``) since its donor last passed the recogniser
+        check? The check at the track's first frame says nothing of the head turned or twice as
+        near: how much of the person's shading and outline the composite keeps changes with both."""
+        if self.embedder is None or track.checked is None:
+            return False
+        yaw, pitch = pose(face.landmarks)
+        y0, p0, w0 = track.checked
+        ratio = float(face.width) / max(w0, 1e-6)
+        return abs(yaw - y0) > RECHECK_DRIFT[0] or abs(pitch - p0) > RECHECK_DRIFT[1] or not 1 / RECHECK_DRIFT[2] <= ratio <= RECHECK_DRIFT[2]
+
+    def _recheck(self, frame: np.ndarray, face: Face, track: _Track, seed: int, person: np.ndarray) -> None:
+        """The render just made, checked against ``person``: passed, it is the track's new reference
+        pose; too close, the classical fallback goes over it for this frame (and the next render is
+        checked again)."""
+        self.stats["rechecked"] += 1
+        if float(person @ self.embedder.embed(frame, [face])[0]) >= self.max_similarity:
+            self.stats["recheck_failed"] += 1
+            self.small_faces.anonymize(frame, face, seed)
+            return
+        yaw, pitch = pose(face.landmarks)
+        track.checked = (yaw, pitch, float(face.width))
+
+    def render(self, frame: np.ndarray, face: Face, track: _Track, seed: int, person: np.ndarray | None = None) -> None:
+        """Warp the track's donor onto ``face``, match the scene, paste (in place). ``person``: the
+        face's embedding before the paste, when the caller already has it."""
         size = crop_size(face)
         scene = self._scene_for(face, frame)
         crop, matrix, crop_lm = aligned_crop(scene, face, size)
@@ -675,7 +706,8 @@ class DonorAnonymizer(TrackedAnonymizer):
         refine = self._may_refine(face)
         t0 = time.perf_counter()
         # the person, embedded before the paste removes them: what the refined face is checked against
-        person = self.embedder.embed(scene, [face])[0] if refine else None
+        if refine and person is None:
+            person = self.embedder.embed(scene, [face])[0]
         self._refine_ms += (time.perf_counter() - t0) * 1000.0
         paste(frame, face, matrix, new_bgr, alpha, sharp, np.random.default_rng([seed & 0xFFFFFFFF, self._frame_no]), scene)
         if refine:

@@ -153,6 +153,9 @@ def main(argv=None) -> None:
     a.add_argument("--checked", action="store_true", help="with the engine's own recogniser check (as the agent runs it)")
     a.add_argument("--degree", type=float, default=1.0)
 
+    a = sub.add_parser("misfit-check", help="turned heads of the clips vs their originals after the donor mode's head blur, the flat blur and the mosaic")
+    a.add_argument("--shared", type=Path, required=True)
+
     a = sub.add_parser("bench", help="student per-face latency vs the teacher at full steps")
     a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
     a.add_argument("--teacher", type=Path, default=Path("build/anonymizer/teacher.pt"))
@@ -238,6 +241,10 @@ def main(argv=None) -> None:
         from model_export.anonymizer.clip_check import clip_check
 
         clip_check(args)
+    elif args.cmd == "misfit-check":
+        from model_export.anonymizer.clip_check import misfit_check
+
+        misfit_check(args)
     elif args.cmd == "eval-independent":
         from model_export.anonymizer.independent import evaluate_independent
 

@@ -129,3 +129,49 @@ def clip_check(args) -> None:
               f"pixelated worst {row['pixelated_max']:.3f}")
     if args.config:
         print(f"agent with {args.config}:", agent_counts(args.shared, args.config))
+
+
+MISFIT_CLIPS = (("short_hamilton_clip.mp4", 3), ("intel_one-by-one-person-detection.mp4", 5))  # (clip, every Nth frame)
+
+
+def misfit_similarity(shared: Path, threads: int) -> dict[str, np.ndarray]:
+    """Faces no donor goes on (turned heads, landmarks that do not fit) of the clips, from 30 px and
+    carrying identity: the cosine to the original after each redaction of their head region (as
+    the donor mode redacts them), worst over jittered points. Per mode, one value per face."""
+    from edge_agent.anonymize.classical import Blur
+    from edge_agent.anonymize.donor import HeadBlur, head_face, landmarks_fit
+
+    det, emb = YuNet(yunet_path(shared), threads=threads), ArcFaceEmbedder(arcface_path(shared), threads=threads)
+    modes: dict[str, Anonymizer] = {"head-blur (donor mode)": HeadBlur(), "flat blur (classical)": Blur(), "pixelate": Pixelate()}
+    out: dict[str, list[float]] = {m: [] for m in modes}
+    for clip, every in MISFIT_CLIPS:
+        cap = cv2.VideoCapture(str(Path(shared) / "video" / clip))
+        index = 0
+        with tqdm(desc=f"misfit faces ({clip})", unit="frame") as bar:
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                index += 1
+                bar.update(1)
+                if index % every:
+                    continue
+                for face in det.detect(frame):
+                    if landmarks_fit(face) or face.width < 30:
+                        continue
+                    views = jittered(face)
+                    originals = emb.embed(frame, views)
+                    if emb.null_similarity(originals[:1])[0] >= IDENTIFYING_NULL_SIMILARITY:
+                        continue
+                    for name, mode in modes.items():
+                        redacted = frame.copy()
+                        mode.anonymize(redacted, head_face(face), 1)
+                        out[name].append(float(np.sum(originals * emb.embed(redacted, views), 1).max()))
+    return {k: np.array(v, np.float32) for k, v in out.items()}
+
+
+def misfit_check(args) -> None:
+    for name, cos in misfit_similarity(args.shared, args.threads).items():
+        if len(cos):
+            print(f"{name:>24}: {len(cos)} identifiable misfit faces, cosine to the original (worst over jittered points) "
+                  f"max {cos.max():.3f}, p95 {np.percentile(cos, 95):.3f}, mean {cos.mean():.3f}")
