@@ -138,7 +138,7 @@ class DonorConfig(Strict):
     max_similarity: float = Field(0.35, gt=-1, le=1, description="a donor face this similar to the person (project recogniser) is swapped for another donor, then the fallback")
     budget_ms: float = Field(25, gt=0, description="per-frame time for new tracks (donor choice and check); past it their faces fall back for that frame")
     frame_budget_ms: float = Field(60, gt=0, description="per-frame time for donor renders; past it faces fall back for that frame (still faces replay their last render), new and longest-waiting faces served first next frame")
-    refiner: bool = Field(False, description="render each donor composite into the scene with the distilled 1-step refiner (edge_agent/assets/REFINER.md)")
+    refiner: bool = Field(False, description="render each donor composite into the scene with the distilled 1-step refiner (edge_agent/assets/REFINER.md); each refined face is checked with the recogniser, so it needs recognition enabled")
     refiner_model: Optional[Path] = Field(None, description="refiner ONNX; default: the packed edge_agent/assets/face_refiner.onnx")
     refine_budget_ms: float = Field(30, gt=0, description="per-frame time for refining; faces past it keep the unrefined donor composite for that frame")
 

@@ -111,6 +111,31 @@ def test_off_centre_landmarks_get_the_whole_head_redacted(models, anon):
     assert cosine(emb, img, out, face) < 0.35
 
 
+def test_turned_head_is_out_of_focus_not_a_flat_oval(models):
+    """A face no donor can go on (here: turned past MAX_YAW) gets its features blurred away, but the
+    head region meets the frame without the hard-edged flat oval of the classical blur: at the
+    region's rim the head keeps its outline under a light blur."""
+    from edge_agent.anonymize.classical import Blur
+    from edge_agent.anonymize.donor import head_face
+
+    _, emb, photos = models
+    img, face = photos[0]
+    lm = np.asarray(face.landmarks, np.float32).copy()
+    lm[2] = lm[1] + 0.3 * (lm[1] - lm[0])  # the nose past the eye: a profile's layout
+    turned = Face(face.box.copy(), lm, face.score)
+    assert not landmarks_fit(turned)
+    anon = DonorAnonymizer(budget_ms=None)
+    out, flat = img.copy(), img.copy()
+    anon.anonymize(out, turned, seed=8)
+    Blur().anonymize(flat, head_face(turned), 8)
+    assert anon.stats["misfit"] == 1 and anon.donor_of(8) is None
+    assert cosine(emb, img, out, face) < 0.35
+    rows, cols, region = face_region(head_face(turned), img.shape)
+    ring = (region > 0) & ~(cv2.erode(region, np.ones((7, 7), np.uint8)) > 0)
+    step = [float(np.abs(im[rows, cols].astype(int) - img[rows, cols])[ring].mean()) for im in (out, flat)]
+    assert step[0] < 0.5 * step[1], f"rim change {step[0]:.1f} vs the flat blur's {step[1]:.1f}"
+
+
 def _inner_face(face: Face, x: float, y: float, scale: float, score: float) -> Face:
     """``face`` shrunk by ``scale`` about a point (box share ``x``, ``y``): a face-like constellation
     the detector reports inside a bigger face's box, with landmarks that fit its own box."""

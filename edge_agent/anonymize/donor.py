@@ -4,12 +4,14 @@ A packed bank of aligned MobileStyleGAN faces (``edge_agent/assets/donor_bank.np
 ``DONOR_BANK.md``) supplies real skin, eyes and hair-line detail that no small generator could
 invent on a CPU. Per face (numpy / OpenCV only):
 
-1. **Fit**: landmarks that do not describe a face inside its box (:func:`landmarks_fit`) get the
-   whole head region blurred classically: a donor pasted through them would land beside the face
-   and leave the person's own features visible.
+1. **Fit**: landmarks that do not describe a face inside its box (:func:`landmarks_fit`: the
+   off-centre case, profiles) get the head out of focus (:class:`HeadBlur`): a donor pasted
+   through them would land beside the face and leave the person's own features visible. A second
+   detection of one head (:func:`shadowed`) gets the same, under the main face's donor.
 2. **Donor**: once per track, chosen deterministically from the track's seed among the donors
    nearest in pose (yaw, pitch) and skin tone (mirrored donors double the poses); kept for the
-   track's life, so one synthetic person per track. Donors with a fringe, cap or hat over the
+   track's life, so one synthetic person per track (checked with the recogniser at the track's
+   first frame and again after the head turned or neared). Donors with a fringe, cap or hat over the
    upper forehead are never chosen (:func:`forehead_cover`): pasted, that hair lands on the
    stranger's bare forehead.
 3. **Warp**: the donor's aligned crop is warped onto the stranger's 5 landmarks in template space:
@@ -802,42 +804,50 @@ def head_face(face: Face, grow: float = 1.15) -> Face:
     return Face(np.array([cx - hw, cy - hh, cx + hw, cy + hh], np.float32), level, face.score)
 
 
-def base_layer(frame: np.ndarray, face: Face, inv: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(layer, weight) under the new face over the head ellipse: blurred at 1/20 of the head where
-    the new face goes (under its feathered rim nothing sharp of the original shows; the features
-    themselves lie inside the rim, under the opaque donor), lightly blurred (``LIGHT_BLUR`` of
-    the head) over the rest of the head, fading toward the ellipse's rim to ``RIM_WEIGHT`` (hair,
-    ears and background keep their strands and outline and meet the frame without a visible oval)."""
-    rows, cols, region = face_region(face, frame.shape)
-    patch = frame[rows, cols]
+def head_layer(patch: np.ndarray, region: np.ndarray, strong_share: float, core_at) -> tuple[np.ndarray, np.ndarray]:
+    """(layer, weight) over a head region: a strong blur (``strong_share`` of the region's side)
+    where ``core_at(k, (w, h), depth)`` is 1, a light one (``LIGHT_BLUR``) elsewhere; the weight
+    fades toward the ellipse's rim to ``RIM_WEIGHT`` (hair, ears and background keep their strands
+    and outline and meet the frame without a visible oval), but every pixel of the region is
+    redrawn, as every anonymizer's region is. The strong blur and the masks are smooth: computed at
+    most ``BASE_SIDE`` across (scale ``k``; ``depth``: 0 at the rim, 1 at the centre, at that size)
+    and resized up, they look the same at a fraction of the cost on a close-up; the light blur
+    keeps hair strands, so it is computed at the frame's resolution."""
     ph, pw = patch.shape[:2]
     side = max(ph, pw)
-    # the strong blur and the masks are smooth: computed at most BASE_SIDE across and resized up,
-    # they look the same at a fraction of the cost on a close-up; the light blur keeps hair
-    # strands, so it is computed at the frame's resolution
     k = min(1.0, BASE_SIDE / side)
     sw, sh = max(int(round(pw * k)), 1), max(int(round(ph * k)), 1)
     small = cv2.resize(patch, (sw, sh), interpolation=cv2.INTER_AREA) if k < 1.0 else patch
-    strong = _blur(small, side * k * STRONG_BLUR)
-    shift = inv.copy() * k
-    shift[:, 2] -= (cols.start * k, rows.start * k)
-    core = cv2.warpAffine((alpha > 0).astype(np.float32), shift, (sw, sh), flags=cv2.INTER_LINEAR)
-    core = np.minimum(cv2.GaussianBlur(core, (0, 0), max(1.0 * k, side * k / 60.0)) * 2.0, 1.0)
-    # distance to the head ellipse's rim, 0..1 over the outer third of the head
     inside = (region > 0).astype(np.uint8)
     inside_small = cv2.resize(inside, (sw, sh), interpolation=cv2.INTER_NEAREST) if k < 1.0 else inside
     depth = cv2.distanceTransform(inside_small, cv2.DIST_L2, 3)
-    fade = np.clip(depth / max(float(depth.max()) * 0.35, 1e-6), 0.0, 1.0)
-    # at least half the light blur (and grain) up to the rim: every pixel of the region is redrawn,
-    # as every anonymizer's region is
-    weight = np.maximum(core, RIM_WEIGHT + (1.0 - RIM_WEIGHT) * fade)
+    depth /= max(float(depth.max()), 1e-6)
+    core = np.asarray(core_at(k, (sw, sh), depth), np.float32)
+    weight = np.maximum(core, RIM_WEIGHT + (1.0 - RIM_WEIGHT) * np.clip(depth / 0.35, 0.0, 1.0)).astype(np.float32)
+    strong = np.asarray(_blur(small, side * k * strong_share), np.float32)
     if k < 1.0:
         strong = cv2.resize(strong, (pw, ph), interpolation=cv2.INTER_LINEAR)
         core = cv2.resize(core, (pw, ph), interpolation=cv2.INTER_LINEAR)
         weight = cv2.resize(weight, (pw, ph), interpolation=cv2.INTER_LINEAR)
-    light = _blur(patch, max(1.2, side * LIGHT_BLUR))
-    layer = cv2.blendLinear(np.ascontiguousarray(strong, np.float32), light.astype(np.float32), core, 1.0 - core)
+    light = _blur(patch, max(1.2, side * LIGHT_BLUR)).astype(np.float32)
+    layer = cv2.blendLinear(np.ascontiguousarray(strong), light, core, 1.0 - core)
     return layer, (weight * inside).astype(np.float32)
+
+
+def base_layer(frame: np.ndarray, face: Face, inv: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(layer, weight) under the new face over the head ellipse (:func:`head_layer`): blurred at
+    1/20 of the head where the new face goes (under its feathered rim nothing sharp of the original
+    shows; the features themselves lie inside the rim, under the opaque donor), lightly blurred
+    over the rest of the head."""
+    rows, cols, region = face_region(face, frame.shape)
+
+    def under_the_face(k: float, size: tuple[int, int], depth: np.ndarray) -> np.ndarray:
+        shift = inv.copy() * k
+        shift[:, 2] -= (cols.start * k, rows.start * k)
+        core = cv2.warpAffine((alpha > 0).astype(np.float32), shift, size, flags=cv2.INTER_LINEAR)
+        return np.minimum(cv2.GaussianBlur(core, (0, 0), max(1.0 * k, max(region.shape) * k / 60.0)) * 2.0, 1.0)
+
+    return head_layer(frame[rows, cols], region, STRONG_BLUR, under_the_face)
 
 
 def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray, alpha: np.ndarray, sharp: np.ndarray,
@@ -889,25 +899,11 @@ class HeadBlur(Anonymizer):
     def anonymize(self, frame: np.ndarray, face: Face, seed: int = 0) -> None:
         rows, cols, region = face_region(face, frame.shape)
         patch = frame[rows, cols]
-        ph, pw = patch.shape[:2]
-        side = max(ph, pw)
-        k = min(1.0, BASE_SIDE / side)
-        sw, sh = max(int(round(pw * k)), 1), max(int(round(ph * k)), 1)
-        small = cv2.resize(patch, (sw, sh), interpolation=cv2.INTER_AREA) if k < 1.0 else patch
-        inside = (region > 0).astype(np.uint8)
-        inside_small = cv2.resize(inside, (sw, sh), interpolation=cv2.INTER_NEAREST) if k < 1.0 else inside
-        depth = cv2.distanceTransform(inside_small, cv2.DIST_L2, 3)
-        depth /= max(float(depth.max()), 1e-6)  # 0 at the rim, 1 at the centre
-        core = np.clip((depth - HEAD_CORE[0]) / (HEAD_CORE[1] - HEAD_CORE[0]), 0.0, 1.0).astype(np.float32)
-        weight = np.maximum(core, RIM_WEIGHT + (1.0 - RIM_WEIGHT) * np.clip(depth / 0.35, 0.0, 1.0)).astype(np.float32)
-        strong = np.asarray(_blur(small, side * k * HEAD_BLUR), np.float32)
-        if k < 1.0:
-            strong = cv2.resize(strong, (pw, ph), interpolation=cv2.INTER_LINEAR)
-            core = cv2.resize(core, (pw, ph), interpolation=cv2.INTER_LINEAR)
-            weight = cv2.resize(weight, (pw, ph), interpolation=cv2.INTER_LINEAR)
-        light = _blur(patch, max(1.2, side * LIGHT_BLUR)).astype(np.float32)
-        layer = cv2.blendLinear(strong, light, core, 1.0 - core)
-        weight = weight * inside
+
+        def features(k: float, size: tuple[int, int], depth: np.ndarray) -> np.ndarray:
+            return np.clip((depth - HEAD_CORE[0]) / (HEAD_CORE[1] - HEAD_CORE[0]), 0.0, 1.0)
+
+        layer, weight = head_layer(patch, region, HEAD_BLUR, features)
         layer = with_grain(layer, patch, weight, np.random.default_rng(int(seed) & 0xFFFFFFFF))
         patch[:] = _blend(layer, patch, weight)
 

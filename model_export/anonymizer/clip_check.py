@@ -13,14 +13,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from edge_agent.anonymize.base import Anonymizer
 from edge_agent.anonymize.classical import Pixelate
 from edge_agent.faces import Face
 from edge_agent.models.arcface import ArcFaceEmbedder
 from edge_agent.models.yunet import YuNet
-from model_export.anonymizer.data import arcface_path, yunet_path
+from model_export.anonymizer.data import arcface_path, every_nth_frame, yunet_path
 from model_export.anonymizer.realism import IDENTIFYING_NULL_SIMILARITY
 
 REGISTERED = ("lin-manuel-miranda.png", "alex-lacamoire.png")  # the clip's performers: not audience
@@ -64,33 +63,23 @@ def similarity_by_width(shared: Path, student: Path, seeds: int, every: int, thr
         img = cv2.imread(str(Path(shared) / "faces/face_recognition/examples" / photo))
         performers.append(emb.embed(img, [max(det.detect(img), key=lambda f: f.width)])[0])
     performers = np.stack(performers)
-    cap = cv2.VideoCapture(str(Path(shared) / "video/short_hamilton_clip.mp4"))
     rows = []  # (width, cosine anonymized at own points, worst over jitters, cosine pixelated)
-    index = 0
-    with tqdm(desc=f"clip frames ({mode})", unit="frame") as bar:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            index += 1
-            bar.update(1)
-            if index % every:
+    for _, frame in every_nth_frame(Path(shared) / "video/short_hamilton_clip.mp4", every, f"clip frames ({mode})"):
+        for face in det.detect(frame):
+            views = jittered(face)
+            originals = emb.embed(frame, views)
+            # identifiable audience faces only (the same rule as tests/test_video.py)
+            if emb.null_similarity(originals[:1])[0] >= IDENTIFYING_NULL_SIMILARITY or float((performers @ originals[0]).max()) >= 0.30:
                 continue
-            for face in det.detect(frame):
-                views = jittered(face)
-                originals = emb.embed(frame, views)
-                # identifiable audience faces only (the same rule as tests/test_video.py)
-                if emb.null_similarity(originals[:1])[0] >= IDENTIFYING_NULL_SIMILARITY or float((performers @ originals[0]).max()) >= 0.30:
-                    continue
-                pix = frame.copy()
-                Pixelate().anonymize(pix, face, 0)
-                p_cos = float(np.max(np.sum(originals * emb.embed(pix, views), 1)))
-                for seed in range(seeds):
-                    out = frame.copy()
-                    gen.forget(seed)
-                    gen.anonymize(out, face, seed)
-                    cos = np.sum(originals * emb.embed(out, views), 1)
-                    rows.append((face.width, float(cos[0]), float(cos.max()), p_cos))
+            pix = frame.copy()
+            Pixelate().anonymize(pix, face, 0)
+            p_cos = float(np.max(np.sum(originals * emb.embed(pix, views), 1)))
+            for seed in range(seeds):
+                out = frame.copy()
+                gen.forget(seed)
+                gen.anonymize(out, face, seed)
+                cos = np.sum(originals * emb.embed(out, views), 1)
+                rows.append((face.width, float(cos[0]), float(cos.max()), p_cos))
     data = np.array(rows, np.float32).reshape(-1, 4)
     result = []
     for lo, hi in BINS:
@@ -145,28 +134,18 @@ def misfit_similarity(shared: Path, threads: int) -> dict[str, np.ndarray]:
     modes: dict[str, Anonymizer] = {"head-blur (donor mode)": HeadBlur(), "flat blur (classical)": Blur(), "pixelate": Pixelate()}
     out: dict[str, list[float]] = {m: [] for m in modes}
     for clip, every in MISFIT_CLIPS:
-        cap = cv2.VideoCapture(str(Path(shared) / "video" / clip))
-        index = 0
-        with tqdm(desc=f"misfit faces ({clip})", unit="frame") as bar:
-            while True:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                index += 1
-                bar.update(1)
-                if index % every:
+        for _, frame in every_nth_frame(Path(shared) / "video" / clip, every, f"misfit faces ({clip})"):
+            for face in det.detect(frame):
+                if landmarks_fit(face) or face.width < 30:
                     continue
-                for face in det.detect(frame):
-                    if landmarks_fit(face) or face.width < 30:
-                        continue
-                    views = jittered(face)
-                    originals = emb.embed(frame, views)
-                    if emb.null_similarity(originals[:1])[0] >= IDENTIFYING_NULL_SIMILARITY:
-                        continue
-                    for name, mode in modes.items():
-                        redacted = frame.copy()
-                        mode.anonymize(redacted, head_face(face), 1)
-                        out[name].append(float(np.sum(originals * emb.embed(redacted, views), 1).max()))
+                views = jittered(face)
+                originals = emb.embed(frame, views)
+                if emb.null_similarity(originals[:1])[0] >= IDENTIFYING_NULL_SIMILARITY:
+                    continue
+                for name, mode in modes.items():
+                    redacted = frame.copy()
+                    mode.anonymize(redacted, head_face(face), 1)
+                    out[name].append(float(np.sum(originals * emb.embed(redacted, views), 1).max()))
     return {k: np.array(v, np.float32) for k, v in out.items()}
 
 

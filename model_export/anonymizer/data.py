@@ -22,6 +22,24 @@ def arcface_path(shared: Path) -> Path:
     return Path(shared) / "models/mobilefacenet/mobilefacenet.onnx"
 
 
+def every_nth_frame(path: Path, every: int, desc: str):
+    """(number, frame) of frames ``every``, ``2 * every``, ... of a video (counted from 1), with a progress bar."""
+    cap = cv2.VideoCapture(str(path))
+    index = 0
+    try:
+        with tqdm(desc=desc, unit="frame") as bar:
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    return
+                index += 1
+                bar.update(1)
+                if index % every == 0:
+                    yield index, frame
+    finally:
+        cap.release()
+
+
 def central_face(faces, shape):
     """The detection nearest the image centre (LFW images are centred on their subject)."""
     if not faces:

@@ -283,7 +283,7 @@ def video_identity(args, anonymizers: dict, det) -> list[dict]:
     blank face's); the others (backs of heads, dark blurs) are counted apart, because there any
     two images "match", the original against a grey oval included."""
     from edge_agent.models.arcface import ArcFaceEmbedder
-    from model_export.anonymizer.data import arcface_path
+    from model_export.anonymizer.data import arcface_path, every_nth_frame
     from model_export.anonymizer.independent import SAME_PERSON, DlibCheck
 
     emb = ArcFaceEmbedder(arcface_path(args.shared), threads=args.threads)
@@ -291,32 +291,22 @@ def video_identity(args, anonymizers: dict, det) -> list[dict]:
     rows = []  # (mode, width, cosine, dlib distance)
     blank = [0] * len(WIDTH_BINS)  # faces skipped per bin: the original carries no identity
     for clip, every in CLIPS:
-        cap = cv2.VideoCapture(str(Path(args.shared) / "video" / clip))
-        n = 0
-        with tqdm(desc=f"identity: {clip}", unit="frame") as bar:
-            while True:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                n += 1
-                bar.update(1)
-                if n % every:
+        for n, frame in every_nth_frame(Path(args.shared) / "video" / clip, every, f"identity: {clip}"):
+            for j, f in enumerate(det.detect(frame)):
+                e0 = emb.embed(frame, [f])[0]
+                if emb.null_similarity(e0[None])[0] >= IDENTIFYING_NULL_SIMILARITY:
+                    blank[next(i for i, (lo, hi) in enumerate(WIDTH_BINS) if lo <= f.width < hi)] += 1
                     continue
-                for j, f in enumerate(det.detect(frame)):
-                    e0 = emb.embed(frame, [f])[0]
-                    if emb.null_similarity(e0[None])[0] >= IDENTIFYING_NULL_SIMILARITY:
-                        blank[next(i for i, (lo, hi) in enumerate(WIDTH_BINS) if lo <= f.width < hi)] += 1
+                shape = check.shape(frame, f.box)
+                d0 = check.embed(frame, shape)
+                for name, anon in anonymizers.items():
+                    out = frame.copy()
+                    anon.begin_frame()
+                    try:
+                        anon.anonymize(out, f, 7 * n + j)
+                    except Exception:
                         continue
-                    shape = check.shape(frame, f.box)
-                    d0 = check.embed(frame, shape)
-                    for name, anon in anonymizers.items():
-                        out = frame.copy()
-                        anon.begin_frame()
-                        try:
-                            anon.anonymize(out, f, 7 * n + j)
-                        except Exception:
-                            continue
-                        rows.append((name, f.width, float(e0 @ emb.embed(out, [f])[0]), float(np.linalg.norm(d0 - check.embed(out, shape)))))
+                    rows.append((name, f.width, float(e0 @ emb.embed(out, [f])[0]), float(np.linalg.norm(d0 - check.embed(out, shape)))))
     result = []
     for name in anonymizers:
         for k, (lo, hi) in enumerate(WIDTH_BINS):
