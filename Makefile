@@ -32,7 +32,7 @@ export EDGE_AGENT_DATA_DIR ?= $(abspath $(DATA_DIR))
 REPORTS  ?= build/reports
 ANON_DATA ?= data/anonymizer
 
-.PHONY: setup venv models quantize quantize-detector need-shared verify engines run test bench bench-venv gen-venv synth donor-bank eval-anonymizer install-service clean
+.PHONY: setup venv models quantize quantize-detector need-shared verify engines run test bench bench-venv gen-venv synth synth-turned donor-bank eval-anonymizer install-service clean
 
 setup: venv models quantize ## virtualenv, pinned dependencies, verified models, the INT8 embedder
 
@@ -130,8 +130,17 @@ SYNTH_SEED ?= 9
 synth: setup gen-venv ## seeded synthetic faces, aligned, with descriptors -> data/anonymizer/synth (resumable)
 	nice -n 19 $(PY) -m model_export.anonymizer --threads 1 synth --n $(SYNTH_N) --seed $(SYNTH_SEED) --out $(ANON_DATA)/synth
 
-donor-bank: synth ## pack the donor bank asset (edge_agent/assets/donor_bank.npz) from the synthetic faces
-	$(PY) -m model_export.anonymizer donor-bank --synth $(ANON_DATA)/synth --out edge_agent/assets/donor_bank.npz
+# Turned heads are rare in the generator's output (16 of 1,000 past |yaw| 0.4): more come from faces
+# moved along its head-turn direction, fitted to the plain run's yaw (in the generator's venv).
+TURNED_N ?= 800
+synth-turned: synth ## turned synthetic faces (yaw direction fitted on the plain run) -> data/anonymizer/synth_turned (resumable)
+	@[ -f $(ANON_DATA)/yaw_direction.npy ] || PYTHONPATH=$(CURDIR) OMP_NUM_THREADS=1 .venv-gen/bin/python -m model_export.anonymizer.pose_direction \
+		--synth $(ANON_DATA)/synth --seed $(SYNTH_SEED) --out $(ANON_DATA)/yaw_direction.npy
+	nice -n 19 $(PY) -m model_export.anonymizer --threads 1 synth --n $(TURNED_N) --seed $(SYNTH_SEED) --first 100000 \
+		--turn $(ANON_DATA)/yaw_direction.npy --shift 0.5 2.0 --out $(ANON_DATA)/synth_turned
+
+donor-bank: synth synth-turned ## pack the donor bank asset (edge_agent/assets/donor_bank.npz) from the synthetic faces
+	$(PY) -m model_export.anonymizer donor-bank --synth $(ANON_DATA)/synth $(ANON_DATA)/synth_turned --out edge_agent/assets/donor_bank.npz
 
 # prepare: LFW faces detected and aligned once into $(ANON_DATA)/lfw.npz (kept; delete it to redo).
 $(ANON_DATA)/lfw.npz:

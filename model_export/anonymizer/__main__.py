@@ -24,9 +24,13 @@ def main(argv=None) -> None:
     a.add_argument("--psi", type=float, default=0.7, help="truncation (lower: more typical, fewer artefacts)")
     a.add_argument("--out", type=Path, default=Path("data/anonymizer/synth"))
     a.add_argument("--gen-python", type=Path, default=Path(".venv-gen/bin/python"), help="the generator venv (make gen-venv)")
+    a.add_argument("--first", type=int, default=0, help="the first face's generator index")
+    a.add_argument("--turn", type=Path, default=None, help="turn the heads along this style direction (pose_direction)")
+    a.add_argument("--shift", type=float, nargs=2, default=(0.6, 1.4), metavar=("LO", "HI"), help="how far along --turn")
 
     a = sub.add_parser("donor-bank", help="pack the donor bank asset from synthetic faces (held-out faces excluded)")
-    a.add_argument("--synth", type=Path, default=Path("data/anonymizer/synth"))
+    a.add_argument("--synth", type=Path, nargs="+", default=[Path("data/anonymizer/synth"), Path("data/anonymizer/synth_turned")],
+                   help="synth runs to pack (the plain faces and the turned ones)")
     a.add_argument("--out", type=Path, default=Path("edge_agent/assets/donor_bank.npz"))
     a.add_argument("--limit", type=int, default=0, help="at most this many donors (0 = all)")
     a.add_argument("--grid", type=Path, default=Path("reports/anonymizer/donor_bank_grid.png"), help="contact sheet of the first donors")
@@ -174,7 +178,8 @@ def main(argv=None) -> None:
     elif args.cmd == "synth":
         from model_export.anonymizer.synth import synth
 
-        synth(args.n, args.seed, args.out, args.psi, args.gen_python)
+        synth(args.n, args.seed, args.out, args.psi, args.gen_python, first=args.first,
+              turn=(args.turn, *args.shift) if args.turn else None)
     elif args.cmd == "donor-bank":
         from model_export.anonymizer.donor_bank import grid, pack
 

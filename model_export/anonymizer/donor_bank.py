@@ -1,8 +1,8 @@
 """Pack the donor bank asset from a ``synth`` directory.
 
-``python -m model_export.anonymizer donor-bank --synth data/anonymizer/synth --out
-edge_agent/assets/donor_bank.npz`` keeps every face that is not held out for evaluation and
-whose detection is confident, and stores it as a JPEG (128 px aligned crop) plus its landmarks
+``python -m model_export.anonymizer donor-bank --synth data/anonymizer/synth data/anonymizer/synth_turned
+--out edge_agent/assets/donor_bank.npz`` keeps every face that is not held out for evaluation,
+whose detection is confident and whose yaw proxy is at most ``MAX_YAW``, and stores it as a JPEG (128 px aligned crop) plus its landmarks
 and descriptors. No pickled objects: the JPEGs are one byte array with offsets, so the agent
 reads the file with ``allow_pickle=False``.
 """
@@ -19,6 +19,7 @@ from tqdm import tqdm
 from model_export.anonymizer.synth import load
 
 MIN_SCORE = 0.8
+MAX_YAW = 0.9  # past it the generator's turned faces come out doubled or smeared (seen in the turned run)
 JPEG_QUALITY = 85
 
 
@@ -34,10 +35,14 @@ def grid(bank: Path, out: Path, rows: int = 4, cols: int = 12, side: int = 80) -
     cv2.imwrite(str(out), sheet)
 
 
-def pack(synth_dir: Path, out: Path, limit: int = 0) -> str:
-    """Write the bank; returns its sha256."""
-    data = load(synth_dir, heldout=False)
-    keep = np.nonzero(data["score"] >= MIN_SCORE)[0]
+def pack(synth_dirs: list[Path], out: Path, limit: int = 0) -> str:
+    """Write the bank from one or more ``synth`` runs (e.g. the plain faces and the turned ones);
+    returns its sha256."""
+    runs = [load(d, heldout=False) for d in synth_dirs]
+    data = {k: np.concatenate([r[k] for r in runs]) for k in runs[0]}
+    if len(np.unique(data["index"])) != len(data["index"]):
+        raise SystemExit("edge-agent: error: the synth runs share generator indices (give each its own --first)")
+    keep = np.nonzero((data["score"] >= MIN_SCORE) & (np.abs(data["yaw"]) <= MAX_YAW))[0]
     if limit:
         keep = keep[:limit]
     blobs, offsets = [], [0]
@@ -47,7 +52,7 @@ def pack(synth_dir: Path, out: Path, limit: int = 0) -> str:
             raise ValueError(f"could not encode face {data['index'][i]}")
         blobs.append(buf.ravel())
         offsets.append(offsets[-1] + buf.size)
-    meta = (Path(synth_dir) / "meta.txt").read_text().strip()
+    meta = "; ".join((Path(d) / "meta.txt").read_text().strip() for d in synth_dirs)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")

@@ -9,6 +9,11 @@ the project's .venv) as a worker process that ``synth`` starts once per chunk:
 It writes ``<index>.jpg`` (RGB faces of people who do not exist, ``side`` px, JPEG q95) and
 prints one line per face so the caller can drive its progress bar. Face ``i`` of run seed ``s``
 comes from latent ``N(0, 1)`` drawn with seed ``(s, i)``: any face can be regenerated alone.
+
+``--direction yaw.npy --shift LO HI`` turns the heads: face ``i``'s style is moved along the
+direction (``model_export.anonymizer.pose_direction``) by a shift spread evenly over ``[LO, HI]``
+(the golden-ratio sequence of ``i``), so a run covers the turns between; the donor bank mirrors
+every face, so one sign is enough.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ def ir_dir() -> Path:
 class StyleGan:
     """Mapping + synthesis networks compiled for the CPU; ``face(i)`` -> RGB uint8 [side, side, 3]."""
 
-    def __init__(self, seed: int, psi: float = 0.7, side: int = 512, threads: int = 1) -> None:
+    def __init__(self, seed: int, psi: float = 0.7, side: int = 512, threads: int = 1,
+                 direction: np.ndarray | None = None, shift: tuple[float, float] = (0.0, 0.0)) -> None:
         import openvino as ov
 
         core = ov.Core()
@@ -46,6 +52,7 @@ class StyleGan:
         self.mapping = core.compile_model(core.read_model(d / "MappingNetwork.xml", d / "MappingNetwork.bin"), "CPU")
         self.synthesis = core.compile_model(core.read_model(d / "SynthesisNetwork.xml", d / "SynthesisNetwork.bin"), "CPU")
         self.seed, self.psi, self.side = int(seed), float(psi), int(side)
+        self.direction, self.shift = direction, shift
         # The mean style comes from a fixed seed, independent of the run's, so every run truncates
         # toward the same point.
         rng = np.random.default_rng(20210721)
@@ -55,9 +62,16 @@ class StyleGan:
     def _map(self, z: np.ndarray) -> np.ndarray:
         return next(iter(self.mapping([z]).values()))
 
-    def face(self, index: int) -> np.ndarray:
+    def style(self, index: int) -> np.ndarray:
+        """Face ``index``'s truncated style [1, 512], before any turn."""
         z = np.random.default_rng([self.seed, int(index)]).standard_normal((1, 512)).astype(np.float32)
-        style = self.mean_style + self.psi * (self._map(z) - self.mean_style)
+        return self.mean_style + self.psi * (self._map(z) - self.mean_style)
+
+    def face(self, index: int) -> np.ndarray:
+        style = self.style(index)
+        if self.direction is not None:
+            lo, hi = self.shift
+            style = style + (lo + (hi - lo) * ((index * 0.6180339887498949) % 1.0)) * self.direction[None]
         img = next(iter(self.synthesis([style.astype(np.float32)]).values()))[0]
         rgb = np.clip((img.transpose(1, 2, 0) + 1.0) * 127.5, 0, 255).astype(np.uint8)
         return cv2.resize(rgb, (self.side, self.side), interpolation=cv2.INTER_AREA)
@@ -72,9 +86,12 @@ def main(argv=None) -> None:
     p.add_argument("--side", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--direction", type=Path, default=None, help="a style-space direction (.npy, [512]) to turn the heads along")
+    p.add_argument("--shift", type=float, nargs=2, default=(0.0, 0.0), metavar=("LO", "HI"), help="how far along --direction")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
-    gan = StyleGan(a.seed, a.psi, a.side, a.threads)
+    direction = np.load(a.direction).astype(np.float32) if a.direction else None
+    gan = StyleGan(a.seed, a.psi, a.side, a.threads, direction, tuple(a.shift))
     for i in range(a.first, a.first + a.count):
         path = a.out / f"{i:06d}.jpg"
         if not path.exists():

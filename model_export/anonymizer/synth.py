@@ -14,6 +14,7 @@ be matched to a stranger without looking at anything but those numbers.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -47,13 +48,17 @@ def describe(img: np.ndarray, face: Face) -> dict:
     return rec
 
 
-def run_generator(gen_python: Path, first: int, count: int, seed: int, psi: float, raw: Path, bar: tqdm) -> None:
-    """Generate images [first, first + count) in the generator venv; one output line per face."""
+def run_generator(gen_python: Path, first: int, count: int, seed: int, psi: float, raw: Path, bar: tqdm,
+                  turn: tuple[Path, float, float] | None = None) -> None:
+    """Generate images [first, first + count) in the generator venv; one output line per face.
+    ``turn``: (direction file, lowest and highest shift) to turn the heads along."""
     if not Path(gen_python).exists():
         raise SystemExit(f"edge-agent: error: generator venv not found at {gen_python} (run `make gen-venv`)")
     root = Path(__file__).resolve().parents[2]
     cmd = [str(gen_python), "-m", "model_export.anonymizer.stylegan", "--first", str(first), "--count", str(count),
            "--seed", str(seed), "--psi", str(psi), "--out", str(raw)]
+    if turn is not None:
+        cmd += ["--direction", str(Path(turn[0]).resolve()), "--shift", str(turn[1]), str(turn[2])]
     env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=root) as proc:
         for _ in proc.stdout:
@@ -82,17 +87,23 @@ def process_chunk(raw: Path, indices: range, det: YuNet) -> dict:
 
 
 def synth(n: int, seed: int, out: Path, psi: float = 0.7, gen_python: Path = Path(".venv-gen/bin/python"),
-          yunet: Path | None = None) -> None:
+          yunet: Path | None = None, first: int = 0, turn: tuple[Path, float, float] | None = None) -> None:
+    """Faces ``first`` .. ``first + n - 1`` of seed ``seed`` under ``out`` (see the module docstring);
+    ``turn``: their heads turned (:func:`run_generator`)."""
     out = Path(out)
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     meta = out / "meta.txt"
-    stamp = f"seed={seed} psi={psi}\n"
+    stamp = f"seed={seed} psi={psi}" + (f" first={first}" if first else "")
+    if turn is not None:
+        digest = hashlib.sha256(Path(turn[0]).read_bytes()).hexdigest()[:16]
+        stamp += f" turned along {Path(turn[0]).name} (sha256 {digest}) by {turn[1]:g}-{turn[2]:g}"
+    stamp += "\n"
     if meta.exists() and meta.read_text() != stamp:
         raise SystemExit(f"edge-agent: error: {out} holds faces of another run ({meta.read_text().strip()}); use another --out")
     meta.write_text(stamp)
     det = YuNet(yunet or default_yunet(), threads=1)
-    chunks = [range(s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]
+    chunks = [range(s, min(s + CHUNK, first + n)) for s in range(first, first + n, CHUNK)]
     bar = tqdm(total=n, desc="synthetic faces", unit="face")
     kept = 0
     for k, idx in enumerate(chunks):
@@ -102,7 +113,7 @@ def synth(n: int, seed: int, out: Path, psi: float = 0.7, gen_python: Path = Pat
                 kept += len(z["index"]) if "index" in z else 0
             bar.update(len(idx))
             continue
-        run_generator(gen_python, idx.start, len(idx), seed, psi, raw, bar)
+        run_generator(gen_python, idx.start, len(idx), seed, psi, raw, bar, turn)
         data = process_chunk(raw, idx, det)
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, **data)
