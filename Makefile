@@ -137,7 +137,7 @@ synth-turned: synth ## turned synthetic faces (yaw direction fitted on the plain
 	@[ -f $(ANON_DATA)/yaw_direction.npy ] || PYTHONPATH=$(CURDIR) OMP_NUM_THREADS=1 .venv-gen/bin/python -m model_export.anonymizer.pose_direction \
 		--synth $(ANON_DATA)/synth --seed $(SYNTH_SEED) --out $(ANON_DATA)/yaw_direction.npy
 	nice -n 19 $(PY) -m model_export.anonymizer --threads 1 synth --n $(TURNED_N) --seed $(SYNTH_SEED) --first 100000 \
-		--turn $(ANON_DATA)/yaw_direction.npy --shift 0.5 2.0 --out $(ANON_DATA)/synth_turned
+		--turn $(ANON_DATA)/yaw_direction.npy --shift 2 5 --out $(ANON_DATA)/synth_turned
 
 donor-bank: synth synth-turned ## pack the donor bank asset (edge_agent/assets/donor_bank.npz) from the synthetic faces
 	$(PY) -m model_export.anonymizer donor-bank --synth $(ANON_DATA)/synth $(ANON_DATA)/synth_turned --out edge_agent/assets/donor_bank.npz

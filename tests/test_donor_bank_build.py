@@ -12,7 +12,7 @@ from model_export.anonymizer.pose_direction import fit
 
 def test_turn_direction_is_recovered_from_noisy_yaw():
     """A yaw that is a noisy linear read-out of the style: the fitted direction points along the
-    planted one, scaled so one unit along it adds one unit of yaw."""
+    planted one."""
     rng = np.random.default_rng(0)
     styles = rng.standard_normal((800, 64))
     planted = rng.standard_normal(64)
@@ -20,8 +20,6 @@ def test_turn_direction_is_recovered_from_noisy_yaw():
     yaw = 0.2 * styles @ planted + 0.02 * rng.standard_normal(800)
     w = fit(styles, yaw, ridge=1.0)
     assert float(w @ planted) / np.linalg.norm(w) > 0.99
-    direction = w / (w @ w)
-    assert abs(float((styles[0] + direction) @ w - styles[0] @ w) - 1.0) < 1e-9
 
 
 def _synth_run(root, first: int, yaw: list[float], score: list[float], meta: str):

@@ -26,7 +26,7 @@ def main(argv=None) -> None:
     a.add_argument("--gen-python", type=Path, default=Path(".venv-gen/bin/python"), help="the generator venv (make gen-venv)")
     a.add_argument("--first", type=int, default=0, help="the first face's generator index")
     a.add_argument("--turn", type=Path, default=None, help="turn the heads along this style direction (pose_direction)")
-    a.add_argument("--shift", type=float, nargs=2, default=(0.6, 1.4), metavar=("LO", "HI"), help="how far along --turn")
+    a.add_argument("--shift", type=float, nargs=2, default=(2.0, 5.0), metavar=("LO", "HI"), help="how far along --turn (its units: see pose_direction)")
 
     a = sub.add_parser("donor-bank", help="pack the donor bank asset from synthetic faces (held-out faces excluded)")
     a.add_argument("--synth", type=Path, nargs="+", default=[Path("data/anonymizer/synth"), Path("data/anonymizer/synth_turned")],
