@@ -147,12 +147,12 @@ $(ANON_DATA)/lfw.npz:
 	@$(MAKE) --no-print-directory need-shared
 	$(PY) -m model_export.anonymizer --threads 1 prepare --shared $(EDGE_AGENT_SHARED_DIR) --out $(ANON_DATA)
 
-eval-anonymizer: setup need-shared synth $(ANON_DATA)/lfw.npz ## re-ID (project + independent dlib recogniser), validity, landmarks, stability, degree sweep -> reports/anonymizer
+eval-anonymizer: setup need-shared synth synth-turned $(ANON_DATA)/lfw.npz ## re-ID (project + independent dlib recogniser), validity, landmarks, stability, degree sweep -> reports/anonymizer
 	$(PY) -m pip install --quiet -r requirements/eval.txt
 	$(PY) -m model_export.anonymizer --threads 1 eval-independent --shared $(EDGE_AGENT_SHARED_DIR) --data $(ANON_DATA) --gallery 1000 --probes 1000
 	$(PY) -m model_export.anonymizer --threads 1 eval --shared $(EDGE_AGENT_SHARED_DIR) --data $(ANON_DATA) --gallery 1200 --teacher-faces 150 \
 		--teacher model_export/anonymizer/weights/teacher_fp16.pt
-	$(PY) -m model_export.anonymizer --threads 1 eval-realism --shared $(EDGE_AGENT_SHARED_DIR) --data $(ANON_DATA) --synth $(ANON_DATA)/synth --with-diffusion
+	$(PY) -m model_export.anonymizer --threads 1 eval-realism --shared $(EDGE_AGENT_SHARED_DIR) --data $(ANON_DATA) --synth $(ANON_DATA)/synth --synth-turned $(ANON_DATA)/synth_turned --with-diffusion
 
 install-service: ## the systemd unit, user, /etc/edge-agent (DEVICE=jetson-orin-nano etc.)
 	sudo DEVICE=$(DEVICE) PREFIX=$(or $(PREFIX),$(CURDIR)) MODELS=$(abspath $(MODELS)) bash systemd/install.sh

@@ -122,6 +122,7 @@ def main(argv=None) -> None:
     a.add_argument("--data", type=Path, default=Path("data/anonymizer"), help="prepare's output (lfw.npz) for re-ID")
     a.add_argument("--synth", type=Path, default=Path("data/anonymizer/synth"))
     a.add_argument("--synth-faces", type=int, default=60, help="held-out synthetic faces in the sweep (x sizes x brightness)")
+    a.add_argument("--synth-turned", type=Path, default=Path("data/anonymizer/synth_turned"), help="turned synthetic faces (half as many in the sweep; skipped when absent)")
     a.add_argument("--bank", type=Path, default=Path("edge_agent/assets/donor_bank.npz"))
     a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))
     a.add_argument("--with-diffusion", action="store_true", help="also measure the diffusion mode")

@@ -509,6 +509,9 @@ def evaluate_realism(args) -> dict:
             cv2.imwrite(str(out_dir / "realism_grid_synthetic.png"), np.vstack(grid))
     else:
         print(f"eval-realism: no synthetic faces under {args.synth} (run `python -m model_export.anonymizer synth`): sweep skipped")
+    if any(Path(args.synth_turned).glob("chunk_*.npz")):  # turned heads (make synth-turned), held out of the bank too
+        turned, _ = synthetic_sweep(Path(args.synth_turned), anonymizers, det, hog, args.synth_faces // 2)
+        res["sources"]["turned synthetic (held out)"] = {k: summary(v) for k, v in turned.items()}
     res["sources"]["colour photos"] = {k: summary(v) for k, v in photo_records(args.shared, anonymizers, det, hog).items()}
     res["sources"]["demo clip"] = {k: summary(v) for k, v in video_records(args.shared, anonymizers, det, hog).items()}
     from model_export.anonymizer.evaluate import video_stability
