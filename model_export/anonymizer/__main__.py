@@ -160,6 +160,7 @@ def main(argv=None) -> None:
 
     a = sub.add_parser("misfit-check", help="turned heads of the clips vs their originals after the donor mode's head blur, the flat blur and the mosaic")
     a.add_argument("--shared", type=Path, required=True)
+    a.add_argument("--turned-limit", type=float, default=0.0, help="also: donors on the faces turned past the donor's yaw limit and within this one")
 
     a = sub.add_parser("bench", help="student per-face latency vs the teacher at full steps")
     a.add_argument("--student", type=Path, default=Path("edge_agent/assets/face_student.onnx"))

@@ -149,8 +149,50 @@ def misfit_similarity(shared: Path, threads: int) -> dict[str, np.ndarray]:
     return {k: np.array(v, np.float32) for k, v in out.items()}
 
 
-def misfit_check(args) -> None:
-    for name, cos in misfit_similarity(args.shared, args.threads).items():
+def turned_similarity(shared: Path, threads: int, limit: float, seeds: int = 3) -> dict[str, np.ndarray]:
+    """Faces turned past the donor's ``MAX_YAW`` but within ``limit`` (the clips, from 30 px, scored
+    0.65 and up, carrying identity): what a donor would leave of the person with the limit raised
+    (``seeds`` donors each), against the head blur they get. Cosine to the original, worst over
+    jittered points."""
+    import edge_agent.anonymize.donor as donor
+
+    det, emb = YuNet(yunet_path(shared), threads=threads), ArcFaceEmbedder(arcface_path(shared), threads=threads)
+    out: dict[str, list[float]] = {f"donor (limit {limit:g})": [], "head-blur (donor mode)": []}
+    deployed = donor.MAX_YAW
+    try:
+        for clip, every in MISFIT_CLIPS:
+            for _, frame in every_nth_frame(Path(shared) / "video" / clip, max(every // 2, 1), f"turned faces ({clip})"):
+                for face in det.detect(frame):
+                    donor.MAX_YAW = deployed
+                    if donor.landmarks_fit(face) or face.width < 30 or face.score < 0.65:
+                        continue
+                    donor.MAX_YAW = limit
+                    if not donor.landmarks_fit(face):
+                        continue
+                    views = jittered(face)
+                    originals = emb.embed(frame, views)
+                    if emb.null_similarity(originals[:1])[0] >= IDENTIFYING_NULL_SIMILARITY:
+                        continue
+                    for seed in range(seeds):
+                        redacted = frame.copy()
+                        donor.DonorAnonymizer(budget_ms=None, frame_budget_ms=None).anonymize(redacted, face, seed)
+                        out[f"donor (limit {limit:g})"].append(float(np.sum(originals * emb.embed(redacted, views), 1).max()))
+                    redacted = frame.copy()
+                    donor.HeadBlur().anonymize(redacted, donor.head_face(face), 1)
+                    out["head-blur (donor mode)"].append(float(np.sum(originals * emb.embed(redacted, views), 1).max()))
+    finally:
+        donor.MAX_YAW = deployed
+    return {k: np.array(v, np.float32) for k, v in out.items()}
+
+
+def _print(rows: dict[str, np.ndarray], what: str) -> None:
+    for name, cos in rows.items():
         if len(cos):
-            print(f"{name:>24}: {len(cos)} identifiable misfit faces, cosine to the original (worst over jittered points) "
+            print(f"{name:>24}: {len(cos)} {what}, cosine to the original (worst over jittered points) "
                   f"max {cos.max():.3f}, p95 {np.percentile(cos, 95):.3f}, mean {cos.mean():.3f}")
+
+
+def misfit_check(args) -> None:
+    _print(misfit_similarity(args.shared, args.threads), "identifiable misfit faces")
+    if args.turned_limit:
+        _print(turned_similarity(args.shared, args.threads, args.turned_limit), f"renders of faces turned past the donor's limit and within {args.turned_limit:g}")
