@@ -70,6 +70,7 @@ STRONG_BLUR = 1 / 20  # the blur under and around the new face, as a share of th
 LIGHT_BLUR = 1 / 80  # the blur over hair and ears, as a share of the head region's side (1/160 kept more strands but raised LFW re-ID)
 HEAD_BLUR = 1 / 6  # a turned head's features: the blur, as a share of the head region's side...
 HEAD_CORE = (0.05, 0.3)  # ...full from this depth into the region (0 rim, 1 centre), none below the first
+HEAD_SIDE = 128  # the out-of-focus head is computed at most this many pixels across (its grain at full size)
 RECHECK_DRIFT = (0.15, 0.1, 1.5)  # yaw, pitch, width ratio from the last check past which a render is checked again
 REFINE_MIN_PX = 64  # narrower faces are not refined (the refiner's crop; see _refine)
 REUSE_SHIFT = 0.02  # a face whose landmarks moved less than this share of its width since its last render...
@@ -899,26 +900,48 @@ class HeadBlur(Anonymizer):
     def anonymize(self, frame: np.ndarray, face: Face, seed: int = 0) -> None:
         rows, cols, region = face_region(face, frame.shape)
         patch = frame[rows, cols]
+        ph, pw = patch.shape[:2]
+        # nothing of an out-of-focus head needs the frame's resolution but its grain: the layer and
+        # the grain's strength are computed at most HEAD_SIDE across (a 250 px close-up: 14 -> 4 ms)
+        k = min(1.0, HEAD_SIDE / max(ph, pw))
+        size = (max(int(round(pw * k)), 1), max(int(round(ph * k)), 1))
+        small = cv2.resize(patch, size, interpolation=cv2.INTER_AREA) if k < 1.0 else patch
+        small_region = cv2.resize(region, size, interpolation=cv2.INTER_NEAREST) if k < 1.0 else region
 
         def features(k: float, size: tuple[int, int], depth: np.ndarray) -> np.ndarray:
             return np.clip((depth - HEAD_CORE[0]) / (HEAD_CORE[1] - HEAD_CORE[0]), 0.0, 1.0)
 
-        layer, weight = head_layer(patch, region, HEAD_BLUR, features)
-        layer = with_grain(layer, patch, weight, np.random.default_rng(int(seed) & 0xFFFFFFFF))
+        layer, weight = head_layer(small, small_region, HEAD_BLUR, features)
+        amount = grain_amount(layer, small, weight)
+        if k < 1.0:
+            layer = cv2.resize(layer, (pw, ph), interpolation=cv2.INTER_LINEAR)
+            weight = cv2.resize(weight, (pw, ph), interpolation=cv2.INTER_LINEAR)
+            amount = None if amount is None else cv2.resize(amount, (pw, ph), interpolation=cv2.INTER_LINEAR)
+        weight *= region > 0
+        if amount is not None:
+            layer += (np.random.default_rng(int(seed) & 0xFFFFFFFF).standard_normal((ph, pw), dtype=np.float32) * amount)[..., None]
         patch[:] = _blend(layer, patch, weight)
 
 
 def with_grain(layer: np.ndarray, original: np.ndarray, weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The blurred layer given grain back: a blur wipes the sensor noise and the fine texture of
-    hair and skin, and a smooth ring around the new face reads as a pasted, plastic patch (the
-    donor itself gets its grain in :func:`match_camera`). The grain's local strength is the
-    larger of the camera's noise and the fine texture energy the blur took away there (measured
-    at ``GRAIN_SCALE`` of the region, capped at ``GRAIN_MAX``): random, so it carries nothing of
-    the person beyond where the blurred layer already shows texture. Scaled for the blend at
-    ``weight``, so that layer and original mixed keep that level: sigma * sqrt(1 - (1 - w)^2) / w."""
+    """The blurred layer given grain back (:func:`grain_amount`): a blur wipes the sensor noise and
+    the fine texture of hair and skin, and a smooth ring around the new face reads as a pasted,
+    plastic patch (the donor itself gets its grain in :func:`match_camera`). Random, so it carries
+    nothing of the person beyond where the blurred layer already shows texture."""
+    amount = grain_amount(layer, original, weight)
+    if amount is None:
+        return layer
+    return layer + (rng.standard_normal(layer.shape[:2], dtype=np.float32) * amount)[..., None]
+
+
+def grain_amount(layer: np.ndarray, original: np.ndarray, weight: np.ndarray) -> np.ndarray | None:
+    """Per-pixel grain sigma for ``layer`` blended over ``original`` at ``weight`` (None: too small
+    a region): the larger of the camera's noise and the fine texture energy the blur took away
+    there (measured at ``GRAIN_SCALE`` of the region, capped at ``GRAIN_MAX``), scaled for the
+    blend so that layer and original mixed keep that level: sigma * sqrt(1 - (1 - w)^2) / w."""
     mask = weight > 0.5
     if mask.sum() < 16:
-        return layer
+        return None
     g_o = cv2.cvtColor(original, cv2.COLOR_BGR2GRAY).astype(np.float32)
     g_l = cv2.cvtColor(np.clip(layer, 0, 255).astype(np.uint8), cv2.COLOR_BGR2GRAY).astype(np.float32)
     scale = max(1.0, max(g_o.shape) * GRAIN_SCALE)
@@ -926,8 +949,7 @@ def with_grain(layer: np.ndarray, original: np.ndarray, weight: np.ndarray, rng:
     # white noise of sigma gives a Laplacian std of sqrt(20) sigma (the 3x3 kernel's energy)
     sigma = np.maximum(np.minimum(np.sqrt(np.maximum(lost, 0.0) / 20.0), GRAIN_MAX), _noise(g_o, mask))
     w = np.clip(weight, 0.05, 1.0)
-    amount = sigma * np.sqrt(1.0 - (1.0 - w) ** 2) / w
-    return layer + (rng.standard_normal(layer.shape[:2], dtype=np.float32) * amount)[..., None]
+    return (sigma * np.sqrt(1.0 - (1.0 - w) ** 2) / w).astype(np.float32)
 
 
 def _blend(top: np.ndarray, under: np.ndarray, weight: np.ndarray) -> np.ndarray:
