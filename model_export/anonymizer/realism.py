@@ -216,6 +216,23 @@ def synthetic_sweep(synth_dir: Path, anonymizers: dict, det, hog: HogCheck, limi
     return recs, [np.hstack(t) for t in grid.values() if len(t) == width]
 
 
+def anonymized(anon, img: np.ndarray, faces, seeds: list[int], forget: bool = False) -> tuple[np.ndarray, list]:
+    """``img`` with its faces anonymized as one frame, and the faces the engine served (one it
+    raised on is the agent's fallback's, not measured). ``forget``: each seed starts a new track."""
+    out = img.copy()
+    anon.begin_frame()
+    served = []
+    for f, seed in zip(faces, seeds):
+        if forget:
+            anon.forget(seed)
+        try:
+            anon.anonymize(out, f, seed)
+            served.append(f)
+        except Exception:
+            continue
+    return out, served
+
+
 def photo_records(shared: Path, anonymizers: dict, det, hog: HogCheck) -> dict:
     rows = list(csv.DictReader(open(Path(shared) / "faces/identities.csv")))
     recs: dict[str, list] = {k: [] for k in anonymizers}
@@ -227,45 +244,20 @@ def photo_records(shared: Path, anonymizers: dict, det, hog: HogCheck) -> dict:
         img = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
         faces = det.detect(img)
         for name, anon in anonymizers.items():
-            out = img.copy()
-            anon.begin_frame()
-            ok = []
-            for j, f in enumerate(faces):
-                anon.forget(1000 * k + j)
-                try:
-                    anon.anonymize(out, f, 1000 * k + j)
-                    ok.append(f)
-                except Exception:
-                    continue
+            out, ok = anonymized(anon, img, faces, [1000 * k + j for j in range(len(faces))], forget=True)
             measure(recs[name], img, out, ok, hog)
     return recs
 
 
 def video_records(shared: Path, anonymizers: dict, det, hog: HogCheck, every: int = 10) -> dict:
+    from model_export.anonymizer.data import every_nth_frame
+
     recs: dict[str, list] = {k: [] for k in anonymizers}
-    cap = cv2.VideoCapture(str(Path(shared) / "video/short_hamilton_clip.mp4"))
-    n = 0
-    with tqdm(desc="demo clip", unit="frame") as bar:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            n += 1
-            bar.update(1)
-            if n % every:
-                continue
-            faces = det.detect(frame)
-            for name, anon in anonymizers.items():
-                out = frame.copy()
-                anon.begin_frame()
-                ok_faces = []
-                for j, f in enumerate(faces):
-                    try:
-                        anon.anonymize(out, f, 100_000 + 100 * n + j)
-                        ok_faces.append(f)
-                    except Exception:
-                        continue
-                measure(recs[name], frame, out, ok_faces, hog)
+    for n, frame in every_nth_frame(Path(shared) / "video/short_hamilton_clip.mp4", every, "demo clip"):
+        faces = det.detect(frame)
+        for name, anon in anonymizers.items():
+            out, ok = anonymized(anon, frame, faces, [100_000 + 100 * n + j for j in range(len(faces))])
+            measure(recs[name], frame, out, ok, hog)
     return recs
 
 
