@@ -479,8 +479,9 @@ class DonorAnonymizer(TrackedAnonymizer):
         ``small_faces`` (a synthetic face pasted on the back of a head, a hand or a logo is worse
         than a mosaic there); a track that has its donor keeps it through lower-scored frames.
     small_faces: the classical anonymizer for those faces and for tracks whose donor failed the
-        check. Landmarks that do not fit a face get the whole head region blurred.
-    embedder, max_similarity: the check at a track's first frame: the project's recogniser embeds
+        check. Landmarks that do not fit a face get the head out of focus (:class:`HeadBlur`).
+    embedder, max_similarity: the check at a track's first frame (and after the head turned or neared,
+        :meth:`_drifted`): the project's recogniser embeds
         the face before and after; at cosine >= ``max_similarity`` the next candidate donor is
         tried (up to 3), then ``small_faces``. ``embedder=None`` skips it.
     budget_ms: per-frame time for *new* tracks (donor choice and check); later faces of a new
@@ -748,7 +749,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         self._refine_ms += (time.perf_counter() - t0) * 1000.0
 
     def _redact_shadowed(self, frame: np.ndarray) -> None:
-        """Second detections of a head (:func:`shadowed`) get the whole head region blurred, once,
+        """Second detections of a head (:func:`shadowed`) get the head out of focus (:class:`HeadBlur`), once,
         before the frame's first donor: the donor of the head's main face is pasted over it."""
         if self._shadow_done:
             return
@@ -797,7 +798,7 @@ def crop_size(face: Face) -> int:
 
 
 def head_face(face: Face, grow: float = 1.15) -> Face:
-    """The face's box grown, with level landmarks: classical redaction of the whole head region,
+    """The face's box grown, with level landmarks: redaction of the whole head region,
     independent of landmarks that cannot be trusted."""
     x1, y1, x2, y2 = (float(v) for v in face.box)
     cx, cy, hw, hh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * grow / 2, (y2 - y1) * grow / 2
