@@ -480,10 +480,11 @@ class DonorAnonymizer(TrackedAnonymizer):
         than a mosaic there); a track that has its donor keeps it through lower-scored frames.
     small_faces: the classical anonymizer for those faces and for tracks whose donor failed the
         check. Landmarks that do not fit a face get the head out of focus (:class:`HeadBlur`).
-    embedder, max_similarity: the check at a track's first frame (and after the head turned or neared,
-        :meth:`_drifted`): the project's recogniser embeds
+    embedder, max_similarity: the check at a track's first frame: the project's recogniser embeds
         the face before and after; at cosine >= ``max_similarity`` the next candidate donor is
-        tried (up to 3), then ``small_faces``. ``embedder=None`` skips it.
+        tried (up to 3), then ``small_faces``. After the head turned or neared (:meth:`_drifted`)
+        a render is checked again, and one too close gets ``small_faces`` over it for that frame.
+        ``embedder=None`` skips both.
     budget_ms: per-frame time for *new* tracks (donor choice and check); later faces of a new
         track in that frame raise :class:`BudgetExceeded` (classical for that frame). A frame
         whose first render is a new track's always starts it: a crowd of new faces still moves.
