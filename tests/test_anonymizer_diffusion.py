@@ -158,6 +158,31 @@ def test_a_generated_face_too_like_the_person_is_replaced_by_the_classical_one(m
     assert normal.stats["too_similar"] == 0 and not np.array_equal(out, expected)
 
 
+def test_a_reused_face_is_checked_again_once_the_head_nears(models):
+    """A generated face is checked when generated; re-used on a head now 1.6 times as near, it is
+    checked again, and one too close to the person gets the mosaic over it for that frame."""
+    from edge_agent.anonymize.classical import Pixelate
+
+    _, emb, photos = models
+    img, face = photos[0]
+    anon = DiffusionAnonymizer(STUDENT, threads=1, budget_ms=None, embedder=emb, regenerate_every=0, regenerate_on_motion=0)
+    anon.anonymize(img.copy(), face, seed=9)
+    assert anon.stats["generated"] == 1 and anon.stats["rechecked"] == 0
+    near = cv2.resize(img, None, fx=1.6, fy=1.6, interpolation=cv2.INTER_LINEAR)
+    near_face = Face(face.box * 1.6, face.landmarks * 1.6, face.score)
+    anon.begin_frame()
+    anon.anonymize(near.copy(), near_face, seed=9)
+    assert anon.stats["reused"] == 1 and anon.stats["rechecked"] == 1 and anon.stats["recheck_failed"] == 0
+    anon.check.max_similarity = -1.0  # back at the first size, a bound nothing passes
+    out = img.copy()
+    anon.begin_frame()
+    anon.anonymize(out, face, seed=9)
+    assert anon.stats["rechecked"] == 2 and anon.stats["recheck_failed"] == 1
+    x1, y1, x2, y2 = (int(v) for v in face.box)
+    cells = Pixelate().cells(face)
+    assert len(np.unique(out[y1:y2, x1:x2].reshape(-1, 3), axis=0)) <= (cells + 1) ** 2, "no mosaic over the face"
+
+
 def test_same_seed_same_face_across_frames_different_seed_differs(models):
     _, _, photos = models
     img, face = photos[0]

@@ -195,7 +195,7 @@ def test_a_track_that_turns_or_nears_is_checked_again(models):
     anon.anonymize(near.copy(), near_face, seed=5)  # passed: the new size is the reference
     assert anon.stats["rechecked"] == 1
     # a bound the composite does not pass, back at the original size: the mosaic over the composite
-    anon.max_similarity = -1.0
+    anon.check.max_similarity = -1.0
     out = img.copy()
     anon.begin_frame()
     anon.anonymize(out, face, seed=5)

@@ -35,6 +35,7 @@ import numpy as np
 
 from edge_agent.align import similarity_transform, template
 from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_region
+from edge_agent.anonymize.identity_check import IdentityCheck, drifted, pose_key
 from edge_agent.faces import Face
 
 CROP = 64  # generator resolution (aligned crop side, pixels)
@@ -234,6 +235,7 @@ class _Track:
     frame_no: int  # frame counter when it was generated
     landmarks: np.ndarray  # crop-space landmarks it was generated for
     safe: bool = True  # False: the check found it too similar to the person; classical instead
+    checked: tuple[float, float, float] | None = None  # (yaw, pitch, width) of its last passed check
 
 
 class DiffusionAnonymizer(TrackedAnonymizer):
@@ -263,10 +265,12 @@ class DiffusionAnonymizer(TrackedAnonymizer):
     small_faces: the anonymizer for those faces, and for tracks whose generated face failed the
         check below.
     embedder, max_similarity: the check, at each generation: the project's recogniser embeds the
-        face before and after; at cosine >= ``max_similarity`` the generated face still looks
-        too much like the person, so that track gets ``small_faces`` until its next
-        regeneration. 0.35 = above every different-person pair of LFW measured at the threshold
-        report. ``embedder=None`` skips the check.
+        face before and after (:class:`~edge_agent.anonymize.identity_check.IdentityCheck`); at cosine >=
+        ``max_similarity`` the generated face still looks too much like the person, so that track
+        gets ``small_faces`` until its next regeneration. 0.35 = above every different-person pair
+        of LFW measured at the threshold report. A re-used face whose head has turned or neared
+        since its check is checked again; too close, ``small_faces`` goes over it for that frame.
+        ``embedder=None`` skips the checks.
     backend, threads, cache_dir: passed to ``open_session``.
     max_tracks: cache size bound (least recently used dropped).
     """
@@ -318,12 +322,11 @@ class DiffusionAnonymizer(TrackedAnonymizer):
         self.max_tracks = int(max_tracks)
         self.min_face_px = float(min_face_px)
         self.small_faces = small_faces or Pixelate()
-        self.embedder = embedder
-        self.max_similarity = float(max_similarity)
+        self.check = None if embedder is None else IdentityCheck(embedder, max_similarity)
         self._tracks: dict[int, _Track] = {}
         self._frame_no = 0
         self._frame_start: float | None = None
-        self.stats = {"generated": 0, "reused": 0, "over_budget": 0, "small": 0, "too_similar": 0}
+        self.stats = {"generated": 0, "reused": 0, "over_budget": 0, "small": 0, "too_similar": 0, "rechecked": 0, "recheck_failed": 0}
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, noise: np.ndarray, cond: np.ndarray) -> np.ndarray:
@@ -367,8 +370,9 @@ class DiffusionAnonymizer(TrackedAnonymizer):
                 y = to_unit(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY))
                 cond = conditions(y, crop_lm, self.degree, self.pattern)[None]
                 gen_y = self.generate(seed_noise(seed), cond)
-                track = _Track(gen_y=gen_y, frame_no=self._frame_no, landmarks=crop_lm,
-                               safe=self._unlike_original(frame, face, matrix, crop, gen_y))
+                safe = self._unlike_original(frame, face, matrix, crop, gen_y)
+                track = _Track(gen_y=gen_y, frame_no=self._frame_no, landmarks=crop_lm, safe=safe,
+                               checked=pose_key(face) if safe and self.check is not None else None)
                 self._tracks.pop(seed, None)
                 self._tracks[seed] = track
                 self.stats["generated"] += 1
@@ -382,16 +386,24 @@ class DiffusionAnonymizer(TrackedAnonymizer):
         if not track.safe:
             self.small_faces.anonymize(frame, face, seed)
             return
+        recheck = self.check is not None and drifted(track.checked, face)
+        person = self.check.person(frame, face) if recheck else None
         composite(frame, face, matrix, crop, track.gen_y, self.degree)
+        if recheck:
+            self.stats["rechecked"] += 1
+            if self.check.too_close(person, frame, face):
+                self.stats["recheck_failed"] += 1
+                self.small_faces.anonymize(frame, face, seed)
+            else:
+                track.checked = pose_key(face)
 
     def _unlike_original(self, frame: np.ndarray, face: Face, matrix: np.ndarray, crop: np.ndarray, gen_y: np.ndarray) -> bool:
         """The check: is the composited face below ``max_similarity`` to the original?"""
-        if self.embedder is None:
+        if self.check is None:
             return True
         trial = frame.copy()
         composite(trial, face, matrix, crop, gen_y, self.degree)
-        before, after = self.embedder.embed(frame, [face])[0], self.embedder.embed(trial, [face])[0]
-        if float(before @ after) < self.max_similarity:
+        if not self.check.too_close(self.check.person(frame, face), trial, face):
             return True
         self.stats["too_similar"] += 1
         return False

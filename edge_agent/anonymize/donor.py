@@ -47,6 +47,7 @@ from edge_agent.align import similarity_transform, template
 from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_ellipse, face_region
 from edge_agent.anonymize.descriptors import appearance, lab_pixels, pose, tone_mask
 from edge_agent.anonymize.diffusion import MARGIN, BudgetExceeded, _blur, aligned_crop
+from edge_agent.anonymize.identity_check import IdentityCheck, drifted, pose_key
 from edge_agent.faces import Face
 
 BANK = Path(__file__).resolve().parent.parent / "assets" / "donor_bank.npz"
@@ -71,7 +72,6 @@ LIGHT_BLUR = 1 / 80  # the blur over hair and ears, as a share of the head regio
 HEAD_BLUR = 1 / 6  # a turned head's features: the blur, as a share of the head region's side...
 HEAD_CORE = (0.05, 0.3)  # ...full from this depth into the region (0 rim, 1 centre), none below the first
 HEAD_SIDE = 128  # the out-of-focus head is computed at most this many pixels across (its grain at full size)
-RECHECK_DRIFT = (0.15, 0.1, 1.5)  # yaw, pitch, width ratio from the last check past which a render is checked again
 REFINE_MIN_PX = 64  # narrower faces are not refined (the refiner's crop; see _refine)
 REUSE_SHIFT = 0.02  # a face whose landmarks moved less than this share of its width since its last render...
 REUSE_FRAMES = 8  # ...gets that render replayed, for up to this many frames (then drawn anew: light changes)
@@ -481,7 +481,8 @@ class DonorAnonymizer(TrackedAnonymizer):
     small_faces: the classical anonymizer for those faces and for tracks whose donor failed the
         check. Landmarks that do not fit a face get the head out of focus (:class:`HeadBlur`).
     embedder, max_similarity: the check at a track's first frame: the project's recogniser embeds
-        the face before and after; at cosine >= ``max_similarity`` the next candidate donor is
+        the face before and after (:class:`~edge_agent.anonymize.identity_check.IdentityCheck`); at cosine >=
+        ``max_similarity`` the next candidate donor is
         tried (up to 3), then ``small_faces``. After the head turned or neared (:meth:`_drifted`)
         a render is checked again, and one too close gets ``small_faces`` over it for that frame.
         ``embedder=None`` skips both.
@@ -534,8 +535,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         self.min_face_px = float(min_face_px)
         self.min_score = float(min_score)
         self.small_faces = small_faces or Pixelate()
-        self.embedder = embedder
-        self.max_similarity = float(max_similarity)
+        self.check = None if embedder is None else IdentityCheck(embedder, max_similarity)
         self.budget_ms = budget_ms
         self.frame_budget_ms = frame_budget_ms
         self.max_tracks = int(max_tracks)
@@ -620,7 +620,7 @@ class DonorAnonymizer(TrackedAnonymizer):
             return
         before = frame[area].copy() if alone else None
         recheck = self._drifted(track, face)
-        person = self.embedder.embed(self._scene_for(face, frame), [face])[0] if recheck else None
+        person = self.check.person(self._scene_for(face, frame), face) if recheck else None
         self.render(frame, face, track, seed, person)
         if recheck:
             self._recheck(frame, face, track, seed, person)
@@ -642,16 +642,16 @@ class DonorAnonymizer(TrackedAnonymizer):
         near = self.bank.nearest(yaw, pitch, appearance(crop))
         rng = np.random.default_rng(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
         order = rng.permutation(len(near))
-        track = _Track(donor=int(near[order[0]]), safe=self.embedder is None)
-        if self.embedder is not None:
+        track = _Track(donor=int(near[order[0]]), safe=self.check is None)
+        if self.check is not None:
+            person = self.check.person(scene, face)
             for j in order[:3]:
                 trial = _Track(donor=int(near[j]))
                 out = frame.copy()
-                self.render(out, face, trial, seed)
-                before, after = self.embedder.embed(scene, [face])[0], self.embedder.embed(out, [face])[0]
-                if float(before @ after) < self.max_similarity:
+                self.render(out, face, trial, seed, person)
+                if not self.check.too_close(person, out, face):
                     track = trial
-                    track.checked = (yaw, pitch, float(face.width))
+                    track.checked = pose_key(face)
                     break
                 self.stats["too_similar"] += 1
         self._tracks[seed] = track
@@ -661,27 +661,20 @@ class DonorAnonymizer(TrackedAnonymizer):
         return track
 
     def _drifted(self, track: _Track, face: Face) -> bool:
-        """Has the face turned or grown (``RECHECK_DRIFT``) since its donor last passed the recogniser
-        check? The check at the track's first frame says nothing of the head turned or twice as
-        near: how much of the person's shading and outline the composite keeps changes with both."""
-        if self.embedder is None or track.checked is None:
-            return False
-        yaw, pitch = pose(face.landmarks)
-        y0, p0, w0 = track.checked
-        ratio = float(face.width) / max(w0, 1e-6)
-        return abs(yaw - y0) > RECHECK_DRIFT[0] or abs(pitch - p0) > RECHECK_DRIFT[1] or not 1 / RECHECK_DRIFT[2] <= ratio <= RECHECK_DRIFT[2]
+        """Has the face turned or neared since its donor last passed the recogniser check
+        (:func:`~edge_agent.anonymize.identity_check.drifted`)?"""
+        return self.check is not None and drifted(track.checked, face)
 
     def _recheck(self, frame: np.ndarray, face: Face, track: _Track, seed: int, person: np.ndarray) -> None:
         """The render just made, checked against ``person``: passed, it is the track's new reference
         pose; too close, the classical fallback goes over it for this frame (and the next render is
         checked again)."""
         self.stats["rechecked"] += 1
-        if float(person @ self.embedder.embed(frame, [face])[0]) >= self.max_similarity:
+        if self.check.too_close(person, frame, face):
             self.stats["recheck_failed"] += 1
             self.small_faces.anonymize(frame, face, seed)
             return
-        yaw, pitch = pose(face.landmarks)
-        track.checked = (yaw, pitch, float(face.width))
+        track.checked = pose_key(face)
 
     def render(self, frame: np.ndarray, face: Face, track: _Track, seed: int, person: np.ndarray | None = None) -> None:
         """Warp the track's donor onto ``face``, match the scene, paste (in place). ``person``: the
@@ -712,7 +705,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         t0 = time.perf_counter()
         # the person, embedded before the paste removes them: what the refined face is checked against
         if refine and person is None:
-            person = self.embedder.embed(scene, [face])[0]
+            person = self.check.person(scene, face)
         self._refine_ms += (time.perf_counter() - t0) * 1000.0
         paste(frame, face, matrix, new_bgr, alpha, sharp, np.random.default_rng([seed & 0xFFFFFFFF, self._frame_no]), scene)
         if refine:
@@ -740,10 +733,10 @@ class DonorAnonymizer(TrackedAnonymizer):
         rows, cols, _ = face_region(face, frame.shape)
         composite = frame[rows, cols].copy()
         self.refiner.refine(frame, face, seed)
-        if float(person @ self.embedder.embed(frame, [face])[0]) >= self.max_similarity:
+        if self.check.too_close(person, frame, face):
             frame[rows, cols] = composite
             self.stats["refine_undone"] += 1
-            if float(person @ self.embedder.embed(frame, [face])[0]) >= self.max_similarity:
+            if self.check.too_close(person, frame, face):
                 self.small_faces.anonymize(frame, face, seed)
         else:
             self.stats["refined"] += 1

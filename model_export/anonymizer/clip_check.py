@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_agent.anonymize.base import Anonymizer
 from edge_agent.anonymize.classical import Pixelate
-from edge_agent.faces import Face
+from edge_agent.anonymize.identity_check import jittered
 from edge_agent.models.arcface import ArcFaceEmbedder
 from edge_agent.models.yunet import YuNet
 from model_export.anonymizer.data import arcface_path, every_nth_frame, yunet_path
@@ -24,25 +24,6 @@ from model_export.anonymizer.realism import IDENTIFYING_NULL_SIMILARITY
 
 REGISTERED = ("lin-manuel-miranda.png", "alex-lacamoire.png")  # the clip's performers: not audience
 BINS = ((0, 24), (24, 30), (30, 40), (40, 60), (60, 10_000))
-# (dx, dy, scale) in eye distances / box scale: how another detector may place the same face
-JITTER = ((0.0, 0.0, 1.0), (0.08, 0.0, 1.0), (-0.08, 0.0, 1.0), (0.0, 0.08, 1.0), (0.0, -0.08, 1.0), (0.0, 0.0, 0.9), (0.0, 0.0, 1.1))
-
-
-def jittered(face: Face) -> list[Face]:
-    """The face as other detectors might report it (the unjittered face first)."""
-    lm = np.asarray(face.landmarks, np.float32)
-    eye_d = float(np.hypot(*(lm[1] - lm[0]))) or float(face.width) / 3
-    centre = lm.mean(0)
-    out = []
-    for dx, dy, s in JITTER:
-        shift = np.array([dx, dy], np.float32) * eye_d
-        pts = (lm - centre) * s + centre + shift
-        box = np.asarray(face.box, np.float32).reshape(2, 2)
-        box = ((box - centre) * s + centre + shift).reshape(4)
-        out.append(Face(box, pts, face.score))
-    return out
-
-
 def anonymizer_for(mode: str, student: Path, threads: int, embedder, degree: float) -> Anonymizer:
     """The generative engine with no size floor and no budget (every face goes through it)."""
     if mode == "donor":
