@@ -160,7 +160,7 @@ class FramePipeline:
             self.policy.observe(track, embedding, weight, gallery.person_ids, gallery.person_scores)
 
     def _anonymize(self, frame: np.ndarray, tracks: list[Track]) -> None:
-        self.anonymizer.begin_frame([t.face for t in tracks])
+        self.anonymizer.begin_frame([t.face for t in tracks], frame)
         for track in sorted(tracks, key=lambda t: self.anonymizer.priority(t.seed)):
             try:
                 self.anonymizer.anonymize(frame, track.face, track.seed)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.anonymize.identity_check import IdentityCheck, drifted, jittered, pose_key
+from edge_agent.anonymize.identity_check import WATCH_MARGIN, IdentityCheck, drifted, jittered
 from edge_agent.faces import Face
 
 
@@ -45,10 +45,21 @@ def test_similarity_is_the_closest_view_and_the_bound_decides(photo):
     assert not check.too_close(person, grey, face)
 
 
-def test_a_check_holds_until_the_head_turns_or_nears(photo):
-    _, _, face = photo
-    key = pose_key(face)
+def test_a_check_holds_until_the_head_turns_or_nears_unless_it_was_close(photo):
+    emb, img, face = photo
+    grey = np.full_like(img, 128)
+    check = IdentityCheck(emb, 0.35)
+    person = check.person(img, face)
+    key = check.passed(person, grey, face)
+    assert key is not None and key[3] is False and check.passed(person, img, face) is None
     assert not drifted(None, face) and not drifted(key, face)
+    # passed, but within WATCH_MARGIN of the bound: checked on every frame it is drawn
+    check.max_similarity = check.similarity(person, grey, face) + WATCH_MARGIN / 2
+    close = check.passed(person, grey, face)
+    assert close is not None and close[3] is True and drifted(close, face)
+    # ...and stays watched after a check that is further from the bound
+    check.max_similarity = 0.35
+    assert check.passed(person, grey, face, close)[3] is True and check.passed(person, grey, face)[3] is False
     lm = np.asarray(face.landmarks, np.float32).copy()
     eye_d = float(lm[1, 0] - lm[0, 0])
     turned = lm.copy()

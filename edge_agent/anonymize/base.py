@@ -32,10 +32,12 @@ class Anonymizer(ABC):
     def anonymize(self, frame: np.ndarray, face: Face, seed: int) -> None:
         """Overwrite ``face`` in the BGR uint8 ``frame``."""
 
-    def begin_frame(self, faces: Sequence[Face] | None = None) -> None:
+    def begin_frame(self, faces: Sequence[Face] | None = None, frame: np.ndarray | None = None) -> None:
         """A new frame starts (a per-frame time budget restarts here); ``faces``: every face the
         frame will hide, when the caller knows them (an engine may then reuse work on faces no
-        other face comes near)."""
+        other face comes near); ``frame``: the frame as it came, before any of its faces is
+        anonymized (what an engine's recogniser check compares with: by a face's turn, a
+        neighbour's redaction may already cover part of it)."""
 
     def forget(self, seed: int) -> None:
         """Drop any state kept for ``seed`` (its track ended)."""
@@ -53,11 +55,21 @@ class TrackedAnonymizer(Anonymizer):
     _tracks: dict
     _frame_no: int = 0
     _frame_start: float | None = None
+    _original: np.ndarray | None = None
+    check = None  # the engine's recogniser check (identity_check.IdentityCheck), when it has one
 
-    def begin_frame(self, faces: Sequence[Face] | None = None) -> None:
-        """Call once per frame before its faces: starts the frame's budget and the frame counter."""
+    def begin_frame(self, faces: Sequence[Face] | None = None, frame: np.ndarray | None = None) -> None:
+        """Call once per frame before its faces: starts the frame's budget and the frame counter,
+        and keeps a copy of ``frame`` as it came for the check (:meth:`original`)."""
         self._frame_no += 1
         self._frame_start = time.perf_counter()
+        self._original = frame.copy() if frame is not None and self.check is not None else None
+
+    def original(self, frame: np.ndarray) -> np.ndarray:
+        """The frame as it came (given to :meth:`begin_frame`), else ``frame`` itself. On the demo
+        clip a check made on the frame as it stood, a neighbour's mosaic already over the face's
+        forehead, passed a face at cosine 0.28 that stood at 0.39 to the person as filmed."""
+        return self._original if self._original is not None and self._original.shape == frame.shape else frame
 
     def forget(self, seed: int) -> None:
         self._tracks.pop(int(seed), None)

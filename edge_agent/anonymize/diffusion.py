@@ -35,7 +35,7 @@ import numpy as np
 
 from edge_agent.align import similarity_transform, template
 from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_region
-from edge_agent.anonymize.identity_check import IdentityCheck, drifted, pose_key
+from edge_agent.anonymize.identity_check import IdentityCheck, drifted
 from edge_agent.faces import Face
 
 CROP = 64  # generator resolution (aligned crop side, pixels)
@@ -235,7 +235,7 @@ class _Track:
     frame_no: int  # frame counter when it was generated
     landmarks: np.ndarray  # crop-space landmarks it was generated for
     safe: bool = True  # False: the check found it too similar to the person; classical instead
-    checked: tuple[float, float, float] | None = None  # (yaw, pitch, width) of its last passed check
+    checked: tuple[float, float, float, bool] | None = None  # its last passed check (IdentityCheck.passed)
 
 
 class DiffusionAnonymizer(TrackedAnonymizer):
@@ -370,9 +370,9 @@ class DiffusionAnonymizer(TrackedAnonymizer):
                 y = to_unit(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY))
                 cond = conditions(y, crop_lm, self.degree, self.pattern)[None]
                 gen_y = self.generate(seed_noise(seed), cond)
-                safe = self._unlike_original(frame, face, matrix, crop, gen_y)
-                track = _Track(gen_y=gen_y, frame_no=self._frame_no, landmarks=crop_lm, safe=safe,
-                               checked=pose_key(face) if safe and self.check is not None else None)
+                key = None if self.check is None else self._checked(frame, face, matrix, crop, gen_y)
+                track = _Track(gen_y=gen_y, frame_no=self._frame_no, landmarks=crop_lm,
+                               safe=self.check is None or key is not None, checked=key)
                 self._tracks.pop(seed, None)
                 self._tracks[seed] = track
                 self.stats["generated"] += 1
@@ -387,23 +387,23 @@ class DiffusionAnonymizer(TrackedAnonymizer):
             self.small_faces.anonymize(frame, face, seed)
             return
         recheck = self.check is not None and drifted(track.checked, face)
-        person = self.check.person(frame, face) if recheck else None
+        person = self.check.person(self.original(frame), face) if recheck else None
         composite(frame, face, matrix, crop, track.gen_y, self.degree)
         if recheck:
             self.stats["rechecked"] += 1
-            if self.check.too_close(person, frame, face):
+            key = self.check.passed(person, frame, face, track.checked)
+            if key is None:
                 self.stats["recheck_failed"] += 1
                 self.small_faces.anonymize(frame, face, seed)
             else:
-                track.checked = pose_key(face)
+                track.checked = key
 
-    def _unlike_original(self, frame: np.ndarray, face: Face, matrix: np.ndarray, crop: np.ndarray, gen_y: np.ndarray) -> bool:
-        """The check: is the composited face below ``max_similarity`` to the original?"""
-        if self.check is None:
-            return True
+    def _checked(self, frame: np.ndarray, face: Face, matrix: np.ndarray, crop: np.ndarray, gen_y: np.ndarray) -> tuple | None:
+        """The check of a generated face: what it passed at (:meth:`IdentityCheck.passed`), None when
+        it is too close to the person."""
         trial = frame.copy()
         composite(trial, face, matrix, crop, gen_y, self.degree)
-        if not self.check.too_close(self.check.person(frame, face), trial, face):
-            return True
-        self.stats["too_similar"] += 1
-        return False
+        key = self.check.passed(self.check.person(self.original(frame), face), trial, face)
+        if key is None:
+            self.stats["too_similar"] += 1
+        return key

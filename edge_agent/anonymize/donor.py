@@ -47,7 +47,7 @@ from edge_agent.align import similarity_transform, template
 from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_ellipse, face_region
 from edge_agent.anonymize.descriptors import appearance, lab_pixels, pose, tone_mask
 from edge_agent.anonymize.diffusion import MARGIN, BudgetExceeded, _blur, aligned_crop
-from edge_agent.anonymize.identity_check import IdentityCheck, drifted, pose_key
+from edge_agent.anonymize.identity_check import IdentityCheck, drifted
 from edge_agent.faces import Face
 
 BANK = Path(__file__).resolve().parent.parent / "assets" / "donor_bank.npz"
@@ -411,7 +411,7 @@ class _Track:
     rendered: int = -1  # frame number of its last donor render
     shown: int = -1  # frame number it last showed its donor (rendered or replayed)
     replay: _Replay | None = None  # its last render, where no other face came near
-    checked: tuple[float, float, float] | None = None  # (yaw, pitch, width) at its last passed recogniser check
+    checked: tuple[float, float, float, bool] | None = None  # its last passed recogniser check (IdentityCheck.passed)
 
 
 @dataclass
@@ -546,7 +546,6 @@ class DonorAnonymizer(TrackedAnonymizer):
         self._frame_reach: list[tuple[slice, slice]] | None = None
         self._shadowed: list[Face] = []  # this frame's second detections of a head...
         self._shadow_done = True  # ...redacted at the frame's first face
-        self._scene: np.ndarray | None = None  # the frame before that redaction: what donors near it match
         self._tracks: OrderedDict[int, _Track] = OrderedDict()
         self._frame_no = 0
         self._frame_start: float | None = None
@@ -649,9 +648,10 @@ class DonorAnonymizer(TrackedAnonymizer):
                 trial = _Track(donor=int(near[j]))
                 out = frame.copy()
                 self.render(out, face, trial, seed, person)
-                if not self.check.too_close(person, out, face):
+                key = self.check.passed(person, out, face)
+                if key is not None:
                     track = trial
-                    track.checked = pose_key(face)
+                    track.checked = key
                     break
                 self.stats["too_similar"] += 1
         self._tracks[seed] = track
@@ -670,11 +670,12 @@ class DonorAnonymizer(TrackedAnonymizer):
         pose; too close, the classical fallback goes over it for this frame (and the next render is
         checked again)."""
         self.stats["rechecked"] += 1
-        if self.check.too_close(person, frame, face):
+        key = self.check.passed(person, frame, face, track.checked)
+        if key is None:
             self.stats["recheck_failed"] += 1
             self.small_faces.anonymize(frame, face, seed)
             return
-        track.checked = pose_key(face)
+        track.checked = key
 
     def render(self, frame: np.ndarray, face: Face, track: _Track, seed: int, person: np.ndarray | None = None) -> None:
         """Warp the track's donor onto ``face``, match the scene, paste (in place). ``person``: the
@@ -748,26 +749,22 @@ class DonorAnonymizer(TrackedAnonymizer):
         if self._shadow_done:
             return
         self._shadow_done = True
-        if self._shadowed:
-            self._scene = frame.copy()
+        if self._shadowed and self._original is None:
+            self._original = frame.copy()
         for face in self._shadowed:
             self.stats["shadowed"] += 1
             self.misfit_redaction.anonymize(frame, head_face(face), 0)
 
     def _scene_for(self, face: Face, frame: np.ndarray) -> np.ndarray:
         """What ``face``'s donor matches colour, contrast, blur and noise to, and what its checks
-        compare with: the frame as it was before a second detection's blur reached the face (read
-        only: the donor is pasted into ``frame``, over the blur)."""
-        if self._scene is None or self._scene.shape != frame.shape:
-            return frame
-        area = reach(face, frame.shape)
-        return self._scene if any(_overlap(area, reach(s, frame.shape)) for s in self._shadowed) else frame
+        compare with: the frame as it came (:meth:`original`), before a second detection's blur or
+        a neighbour's redaction reached the face (read only: the donor is pasted into ``frame``)."""
+        return self.original(frame)
 
-    def begin_frame(self, faces: Sequence[Face] | None = None) -> None:
-        super().begin_frame(faces)
+    def begin_frame(self, faces: Sequence[Face] | None = None, frame: np.ndarray | None = None) -> None:
+        super().begin_frame(faces, frame)
         self._shadowed = [] if faces is None else shadowed(faces)
         self._shadow_done = False
-        self._scene = None
         self._refine_ms = 0.0
         self._frame_renders = 0  # the first face of a frame is always served: a crowd still moves
         self._frame_reach = None if faces is None else [reach(f) for f in faces]
