@@ -170,6 +170,12 @@ class FramePipeline:
                 self.stats.add("face_fallbacks")
                 self.fallback.anonymize(frame, track.face, track.seed)
             self.stats.add("faces_anonymized")
+        try:
+            self.anonymizer.end_frame(frame)
+        except Exception as exc:  # the frame's checks could not be made: every hidden face gets the fallback
+            log.warning("anonymizer checks failed (%s); every hidden face gets the fallback", type(exc).__name__)
+            for track in tracks:
+                self.fallback.anonymize(frame, track.face, track.seed)
 
 
 @dataclass(frozen=True)

@@ -160,23 +160,27 @@ def test_a_generated_face_too_like_the_person_is_replaced_by_the_classical_one(m
 
 def test_a_reused_face_is_checked_again_once_the_head_nears(models):
     """A generated face is checked when generated; re-used on a head now 1.6 times as near, it is
-    checked again, and one too close to the person gets the mosaic over it for that frame."""
+    checked again in the finished frame, and one too close to the person gets the mosaic over it."""
     from edge_agent.anonymize.classical import Pixelate
 
     _, emb, photos = models
     img, face = photos[0]
     anon = DiffusionAnonymizer(STUDENT, threads=1, budget_ms=None, embedder=emb, regenerate_every=0, regenerate_on_motion=0)
-    anon.anonymize(img.copy(), face, seed=9)
+
+    def frame_of(image, f):
+        out = image.copy()
+        anon.begin_frame([f], image)
+        anon.anonymize(out, f, seed=9)
+        anon.end_frame(out)
+        return out
+
+    frame_of(img, face)
     assert anon.stats["generated"] == 1 and anon.stats["rechecked"] == 0
     near = cv2.resize(img, None, fx=1.6, fy=1.6, interpolation=cv2.INTER_LINEAR)
-    near_face = Face(face.box * 1.6, face.landmarks * 1.6, face.score)
-    anon.begin_frame()
-    anon.anonymize(near.copy(), near_face, seed=9)
+    frame_of(near, Face(face.box * 1.6, face.landmarks * 1.6, face.score))
     assert anon.stats["reused"] == 1 and anon.stats["rechecked"] == 1 and anon.stats["recheck_failed"] == 0
     anon.check.max_similarity = -1.0  # back at the first size, a bound nothing passes
-    out = img.copy()
-    anon.begin_frame()
-    anon.anonymize(out, face, seed=9)
+    out = frame_of(img, face)
     assert anon.stats["rechecked"] == 2 and anon.stats["recheck_failed"] == 1
     x1, y1, x2, y2 = (int(v) for v in face.box)
     cells = Pixelate().cells(face)

@@ -175,31 +175,36 @@ def test_second_detection_of_a_head_gets_no_second_face(models):
 
 def test_a_track_that_turns_or_nears_is_checked_again(models):
     """The recogniser check at a track's first frame says nothing of the head twice as near: a
-    render after such a drift is checked again; too close to the person, the mosaic goes over it."""
+    render after such a drift is checked again, in the finished frame (``end_frame``); too close to
+    the person, the mosaic goes over it and that render is never replayed."""
     from edge_agent.anonymize.classical import Pixelate
 
     _, emb, photos = models
     img, face = photos[0]
     anon = DonorAnonymizer(budget_ms=None, frame_budget_ms=None, embedder=emb)
-    anon.anonymize(img.copy(), face, seed=5)
+
+    def frame_of(image, f):
+        out = image.copy()
+        anon.begin_frame([f], image)
+        anon.anonymize(out, f, seed=5)
+        anon.end_frame(out)
+        return out
+
+    frame_of(img, face)
     assert anon.donor_of(5) is not None and anon.stats["rechecked"] == 0
-    anon.begin_frame()
-    anon.anonymize(img.copy(), face, seed=5)  # the same pose and size: no second check
+    frame_of(img, face)  # the same pose and size: no second check
     assert anon.stats["rechecked"] == 0
     near = cv2.resize(img, None, fx=1.6, fy=1.6, interpolation=cv2.INTER_LINEAR)
     near_face = Face(face.box * 1.6, face.landmarks * 1.6, face.score)
-    anon.begin_frame()
-    anon.anonymize(near.copy(), near_face, seed=5)
+    frame_of(near, near_face)
     assert anon.stats["rechecked"] == 1 and anon.stats["recheck_failed"] == 0
-    anon.begin_frame()
-    anon.anonymize(near.copy(), near_face, seed=5)  # passed: the new size is the reference
+    frame_of(near, near_face)  # passed (and not close to the bound): the new size is the reference
     assert anon.stats["rechecked"] == 1
     # a bound the composite does not pass, back at the original size: the mosaic over the composite
     anon.check.max_similarity = -1.0
-    out = img.copy()
-    anon.begin_frame()
-    anon.anonymize(out, face, seed=5)
+    out = frame_of(img, face)
     assert anon.stats["rechecked"] == 2 and anon.stats["recheck_failed"] == 1
+    assert anon._tracks[5].replay is None
     x1, y1, x2, y2 = (int(v) for v in face.box)
     cells = Pixelate().cells(face)
     assert len(np.unique(out[y1:y2, x1:x2].reshape(-1, 3), axis=0)) <= (cells + 1) ** 2, "no mosaic over the face"

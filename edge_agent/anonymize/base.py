@@ -39,6 +39,10 @@ class Anonymizer(ABC):
         anonymized (what an engine's recogniser check compares with: by a face's turn, a
         neighbour's redaction may already cover part of it)."""
 
+    def end_frame(self, frame: np.ndarray) -> None:
+        """The frame's faces are all done (``frame`` as it will leave): an engine may check them
+        there and redact any it finds too close to the person."""
+
     def forget(self, seed: int) -> None:
         """Drop any state kept for ``seed`` (its track ended)."""
 
@@ -64,6 +68,31 @@ class TrackedAnonymizer(Anonymizer):
         self._frame_no += 1
         self._frame_start = time.perf_counter()
         self._original = frame.copy() if frame is not None and self.check is not None else None
+        self._pending = []
+
+    def _recheck_later(self, face: Face, seed: int, track, person: np.ndarray) -> None:
+        """A face drawn this frame whose check is due (:func:`identity_check.drifted`): made in
+        :meth:`end_frame`, on the frame as it leaves."""
+        self.__dict__.setdefault("_pending", []).append((face, seed, track, person))
+
+    def end_frame(self, frame: np.ndarray) -> None:
+        """The due checks, on the finished frame (a neighbour drawn after a face can change what is
+        left of it): a face too close to the person gets ``small_faces`` over it; one that passes
+        keeps what it passed at (``track.checked``)."""
+        pending = self.__dict__.pop("_pending", [])
+        for face, seed, track, person in pending:
+            self.stats["rechecked"] += 1
+            key = self.check.passed(person, frame, face, track.checked)
+            if key is None:
+                self.stats["recheck_failed"] += 1
+                self.small_faces.anonymize(frame, face, seed)
+                self._check_failed(track)
+            else:
+                track.checked = key
+
+    def _check_failed(self, track) -> None:
+        """A track's face failed its check at :meth:`end_frame` (an engine drops what it would
+        otherwise show again)."""
 
     def original(self, frame: np.ndarray) -> np.ndarray:
         """The frame as it came (given to :meth:`begin_frame`), else ``frame`` itself. On the demo

@@ -386,17 +386,9 @@ class DiffusionAnonymizer(TrackedAnonymizer):
         if not track.safe:
             self.small_faces.anonymize(frame, face, seed)
             return
-        recheck = self.check is not None and drifted(track.checked, face)
-        person = self.check.person(self.original(frame), face) if recheck else None
+        if self.check is not None and drifted(track.checked, face):
+            self._recheck_later(face, seed, track, self.check.person(self.original(frame), face))
         composite(frame, face, matrix, crop, track.gen_y, self.degree)
-        if recheck:
-            self.stats["rechecked"] += 1
-            key = self.check.passed(person, frame, face, track.checked)
-            if key is None:
-                self.stats["recheck_failed"] += 1
-                self.small_faces.anonymize(frame, face, seed)
-            else:
-                track.checked = key
 
     def _checked(self, frame: np.ndarray, face: Face, matrix: np.ndarray, crop: np.ndarray, gen_y: np.ndarray) -> tuple | None:
         """The check of a generated face: what it passed at (:meth:`IdentityCheck.passed`), None when

@@ -618,11 +618,10 @@ class DonorAnonymizer(TrackedAnonymizer):
             self.small_faces.anonymize(frame, face, seed)
             return
         before = frame[area].copy() if alone else None
-        recheck = self._drifted(track, face)
-        person = self.check.person(self._scene_for(face, frame), face) if recheck else None
+        person = self.check.person(self._scene_for(face, frame), face) if self._drifted(track, face) else None
         self.render(frame, face, track, seed, person)
-        if recheck:
-            self._recheck(frame, face, track, seed, person)
+        if person is not None:
+            self._recheck_later(face, seed, track, person)
         track.rendered = track.shown = self._frame_no
         # kept only where no other face's render could have reached: a replay then writes back
         # nothing but this face's own anonymized pixels
@@ -665,17 +664,9 @@ class DonorAnonymizer(TrackedAnonymizer):
         (:func:`~edge_agent.anonymize.identity_check.drifted`)?"""
         return self.check is not None and drifted(track.checked, face)
 
-    def _recheck(self, frame: np.ndarray, face: Face, track: _Track, seed: int, person: np.ndarray) -> None:
-        """The render just made, checked against ``person``: passed, it is the track's new reference
-        pose; too close, the classical fallback goes over it for this frame (and the next render is
-        checked again)."""
-        self.stats["rechecked"] += 1
-        key = self.check.passed(person, frame, face, track.checked)
-        if key is None:
-            self.stats["recheck_failed"] += 1
-            self.small_faces.anonymize(frame, face, seed)
-            return
-        track.checked = key
+    def _check_failed(self, track: _Track) -> None:
+        """Its render failed the check in the finished frame: it is never replayed."""
+        track.replay = None
 
     def render(self, frame: np.ndarray, face: Face, track: _Track, seed: int, person: np.ndarray | None = None) -> None:
         """Warp the track's donor onto ``face``, match the scene, paste (in place). ``person``: the
