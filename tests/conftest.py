@@ -82,3 +82,19 @@ def portraits(shared_dir):
         assert faces, rel
         photos.append((img, max(faces, key=lambda f: f.width * f.height)))
     return det, emb, photos
+
+
+@pytest.fixture
+def one_frame():
+    """``one_frame(anonymizer, image, face, seed)``: ``image`` filtered as the pipeline filters a
+    frame with one hidden face (begin_frame with the frame as it came, the face, end_frame with its
+    due checks); returns the filtered copy."""
+
+    def run(anon, image, face, seed):
+        out = image.copy()
+        anon.begin_frame([face], image)
+        anon.anonymize(out, face, seed)
+        anon.end_frame(out)
+        return out
+
+    return run

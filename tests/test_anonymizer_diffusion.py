@@ -158,7 +158,7 @@ def test_a_generated_face_too_like_the_person_is_replaced_by_the_classical_one(m
     assert normal.stats["too_similar"] == 0 and not np.array_equal(out, expected)
 
 
-def test_a_reused_face_is_checked_again_once_the_head_nears(models):
+def test_a_reused_face_is_checked_again_once_the_head_nears(models, one_frame):
     """A generated face is checked when generated; re-used on a head now 1.6 times as near, it is
     checked again in the finished frame, and one too close to the person gets the mosaic over it."""
     from edge_agent.anonymize.classical import Pixelate
@@ -168,11 +168,7 @@ def test_a_reused_face_is_checked_again_once_the_head_nears(models):
     anon = DiffusionAnonymizer(STUDENT, threads=1, budget_ms=None, embedder=emb, regenerate_every=0, regenerate_on_motion=0)
 
     def frame_of(image, f):
-        out = image.copy()
-        anon.begin_frame([f], image)
-        anon.anonymize(out, f, seed=9)
-        anon.end_frame(out)
-        return out
+        return one_frame(anon, image, f, 9)
 
     frame_of(img, face)
     assert anon.stats["generated"] == 1 and anon.stats["rechecked"] == 0

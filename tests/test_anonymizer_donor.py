@@ -173,7 +173,7 @@ def test_second_detection_of_a_head_gets_no_second_face(models):
         assert cosine(emb, alone, out, face) > 0.6
 
 
-def test_a_track_that_turns_or_nears_is_checked_again(models):
+def test_a_track_that_turns_or_nears_is_checked_again(models, one_frame):
     """The recogniser check at a track's first frame says nothing of the head twice as near: a
     render after such a drift is checked again, in the finished frame (``end_frame``); too close to
     the person, the mosaic goes over it and that render is never replayed."""
@@ -184,11 +184,7 @@ def test_a_track_that_turns_or_nears_is_checked_again(models):
     anon = DonorAnonymizer(budget_ms=None, frame_budget_ms=None, embedder=emb)
 
     def frame_of(image, f):
-        out = image.copy()
-        anon.begin_frame([f], image)
-        anon.anonymize(out, f, seed=5)
-        anon.end_frame(out)
-        return out
+        return one_frame(anon, image, f, 5)
 
     frame_of(img, face)
     assert anon.donor_of(5) is not None and anon.stats["rechecked"] == 0

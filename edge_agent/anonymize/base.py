@@ -80,6 +80,7 @@ class TrackedAnonymizer(Anonymizer):
         left of it): a face too close to the person gets ``small_faces`` over it; one that passes
         keeps what it passed at (``track.checked``)."""
         pending = self.__dict__.pop("_pending", [])
+        self._original = None  # the raw frame is kept no longer than its frame
         for face, seed, track, person in pending:
             self.stats["rechecked"] += 1
             key = self.check.passed(person, frame, face, track.checked)

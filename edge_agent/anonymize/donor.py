@@ -618,7 +618,7 @@ class DonorAnonymizer(TrackedAnonymizer):
             self.small_faces.anonymize(frame, face, seed)
             return
         before = frame[area].copy() if alone else None
-        person = self.check.person(self._scene_for(face, frame), face) if self._drifted(track, face) else None
+        person = self.check.person(self.original(frame), face) if self._drifted(track, face) else None
         self.render(frame, face, track, seed, person)
         if person is not None:
             self._recheck_later(face, seed, track, person)
@@ -634,7 +634,7 @@ class DonorAnonymizer(TrackedAnonymizer):
             self.stats["over_budget"] += 1
             raise BudgetExceeded("donor budget for this frame is spent")
         size = crop_size(face)
-        scene = self._scene_for(face, frame)
+        scene = self.original(frame)
         crop, _, _ = aligned_crop(scene, face, size)
         yaw, pitch = pose(face.landmarks)
         near = self.bank.nearest(yaw, pitch, appearance(crop))
@@ -672,7 +672,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         """Warp the track's donor onto ``face``, match the scene, paste (in place). ``person``: the
         face's embedding before the paste, when the caller already has it."""
         size = crop_size(face)
-        scene = self._scene_for(face, frame)
+        scene = self.original(frame)
         crop, matrix, crop_lm = aligned_crop(scene, face, size)
         donor, donor_lm = self.bank.donor(track.donor)
         scale = size / BANK_SIDE
@@ -745,12 +745,6 @@ class DonorAnonymizer(TrackedAnonymizer):
         for face in self._shadowed:
             self.stats["shadowed"] += 1
             self.misfit_redaction.anonymize(frame, head_face(face), 0)
-
-    def _scene_for(self, face: Face, frame: np.ndarray) -> np.ndarray:
-        """What ``face``'s donor matches colour, contrast, blur and noise to, and what its checks
-        compare with: the frame as it came (:meth:`original`), before a second detection's blur or
-        a neighbour's redaction reached the face (read only: the donor is pasted into ``frame``)."""
-        return self.original(frame)
 
     def begin_frame(self, faces: Sequence[Face] | None = None, frame: np.ndarray | None = None) -> None:
         super().begin_frame(faces, frame)
@@ -841,7 +835,7 @@ def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray
     coarse one over ``alpha``'s wide feather, the fine one (under ``DETAIL_SIGMA``) over
     ``sharp``'s narrow one, so the face keeps its skin texture up to its outline (a one-band
     feather left a quarter of the face half blurred: detail ratio 0.5 there). ``scene``: what the
-    blur and noise are matched to, when not ``frame`` itself (:meth:`DonorAnonymizer._scene_for`)."""
+    blur and noise are matched to, when not ``frame`` itself (:meth:`~edge_agent.anonymize.base.TrackedAnonymizer.original`)."""
     inv = cv2.invertAffineTransform(matrix)
     ys, xs = np.nonzero(alpha > 0)
     box = np.array([[xs.min() - 1, ys.min() - 1, 1], [xs.max() + 2, ys.min() - 1, 1],
