@@ -18,10 +18,8 @@ from edge_agent.faces import Face
 
 # (dx, dy, scale) in eye distances / box scale: how another detector may place the same face
 JITTER = ((0.0, 0.0, 1.0), (0.08, 0.0, 1.0), (-0.08, 0.0, 1.0), (0.0, 0.08, 1.0), (0.0, -0.08, 1.0), (0.0, 0.0, 0.9), (0.0, 0.0, 1.1))
-# The first views of JITTER the agent checks: its own only. With three (its own and the two
-# sideways shifts), the closest audience face of the demo clip's video test over four fixed track
-# seeds went from 0.270-0.328 to 0.270-0.312 (donor mode), within the spread of the seeds, and the
-# donor anonymizer took 13.7 instead of 11.2 ms a frame (a 50-face crowd 71.9 instead of 64.4).
+# The first views of JITTER the agent checks: its own only. Three (its own and the two sideways
+# shifts) were tried in a scratch harness on the demo clip: no clear gain for more time per frame.
 CHECK_VIEWS = 1
 RECHECK_DRIFT = (0.15, 0.1, 1.5)  # yaw, pitch, width ratio from the last check past which it is made again
 # A check passed within this of the bound is made again on every frame the face is drawn: on the
