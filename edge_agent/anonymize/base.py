@@ -87,11 +87,11 @@ class TrackedAnonymizer(Anonymizer):
             if key is None:
                 self.stats["recheck_failed"] += 1
                 self.small_faces.anonymize(frame, face, seed)
-                self._check_failed(track)
+                self._check_failed(track, face)
             else:
                 track.checked = key
 
-    def _check_failed(self, track) -> None:
+    def _check_failed(self, track, face: Face) -> None:
         """A track's face failed its check at :meth:`end_frame` (an engine drops what it would
         otherwise show again)."""
 

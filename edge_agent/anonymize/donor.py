@@ -38,6 +38,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -75,6 +76,7 @@ HEAD_SIDE = 128  # the out-of-focus head is computed at most this many pixels ac
 REFINE_MIN_PX = 64  # narrower faces are not refined (the refiner's crop; see _refine)
 REUSE_SHIFT = 0.02  # a face whose landmarks moved less than this share of its width since its last render...
 REUSE_FRAMES = 8  # ...gets that render replayed, for up to this many frames (then drawn anew: light changes)
+HOLD_FRAMES = 25  # a render that failed the check: the fallback until the face turns or nears, at most this many frames
 REACH = 1.1  # a render writes within the head ellipse's bounding box grown this much (checked)
 SHADOW_SHARE = 0.4  # a face with this share of its box inside a surer face's box is that head's second detection
 GEOMETRY_SWAP = 0.6  # at degree 2, this share of the face's 5-point layout is the donor's
@@ -240,7 +242,7 @@ def _aligned_resize(grid: np.ndarray, size: int) -> np.ndarray:
 
 
 # -- the bank ---------------------------------------------------------------------------------
-_CLEAR_FOREHEAD: dict[str, np.ndarray] = {}  # bank sha256 -> donors that may be chosen (a scan costs ~0.3 s)
+_CLEAR_FOREHEAD: dict[str, np.ndarray] = {}  # bank sha256 -> per donor: 1 may be chosen, 0 not, -1 not scanned yet
 
 
 class DonorBank:
@@ -263,29 +265,25 @@ class DonorBank:
         self.tone = np.concatenate([tone, tone]).astype(np.float32)
         self.size = n
         self._decoded: OrderedDict[int, np.ndarray] = OrderedDict()
-        clear = _CLEAR_FOREHEAD.get(self.sha256)
-        if clear is None:
-            clear = _CLEAR_FOREHEAD.setdefault(self.sha256, self._clear_foreheads())
-        self.chosen = np.concatenate([clear, clear])
+        self._clear = _CLEAR_FOREHEAD.setdefault(self.sha256, np.full(n, -1, np.int8))
 
     def nearest(self, yaw: float, pitch: float, tone: np.ndarray, k: int = NEAREST) -> np.ndarray:
-        """Indices (``>= size``: mirrored) of the ``k`` donors closest in pose and skin tone."""
+        """Indices (``>= size``: mirrored) of the ``k`` donors closest in pose and skin tone, among
+        those that may be chosen (:meth:`clear`; a bank with fewer such donors: among all)."""
         d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + (((self.tone - tone[:3]) / TONE_SCALE) ** 2).sum(1)
-        d = np.where(self.chosen, d, np.inf)
-        k = min(k, int(self.chosen.sum()))
-        idx = np.argpartition(d, k - 1)[:k]
-        return idx[np.argsort(d[idx], kind="stable")]
+        order = np.argsort(d, kind="stable")
+        picked = list(islice((i for i in order if self.clear(i)), k))
+        return np.array(picked if len(picked) == min(k, len(order)) else order[:k])
 
-    def _clear_foreheads(self) -> np.ndarray:
-        """Donors whose fringe, cap or hat would paint hair onto a bare forehead are left out
-        (scanned at half size; a bank with too few others keeps them all)."""
-        clear = np.ones(self.size, bool)
-        for i in range(self.size):
-            small = cv2.imdecode(self.jpeg[self.offsets[i]:self.offsets[i + 1]], cv2.IMREAD_REDUCED_COLOR_2)
-            clear[i] = small is not None and forehead_cover(small) <= FOREHEAD_MAX
-        if clear.sum() < NEAREST:
-            clear[:] = True
-        return clear
+    def clear(self, i: int) -> bool:
+        """May donor ``i`` be chosen? Not when a fringe, cap or hat covers its upper forehead
+        (:func:`forehead_cover`): pasted, it would paint hair onto a bare forehead. Scanned at half
+        size the first time a choice reaches the donor: the whole bank took 0.3 s at every start."""
+        base = int(i) % self.size
+        if self._clear[base] < 0:
+            small = cv2.imdecode(self.jpeg[self.offsets[base]:self.offsets[base + 1]], cv2.IMREAD_REDUCED_COLOR_2)
+            self._clear[base] = int(small is not None and forehead_cover(small) <= FOREHEAD_MAX)
+        return bool(self._clear[base])
 
     def _decode(self, base: int) -> np.ndarray:
         crop = cv2.imdecode(self.jpeg[self.offsets[base]:self.offsets[base + 1]], cv2.IMREAD_COLOR)
@@ -412,6 +410,7 @@ class _Track:
     shown: int = -1  # frame number it last showed its donor (rendered or replayed)
     replay: _Replay | None = None  # its last render, where no other face came near
     checked: tuple[float, float, float, bool] | None = None  # its last passed recogniser check (IdentityCheck.passed)
+    held: tuple[tuple[float, float, float, bool], int] | None = None  # (pose, frame) of a render that failed it
 
 
 @dataclass
@@ -484,8 +483,9 @@ class DonorAnonymizer(TrackedAnonymizer):
         the face before and after (:class:`~edge_agent.anonymize.identity_check.IdentityCheck`); at cosine >=
         ``max_similarity`` the next candidate donor is
         tried (up to 3), then ``small_faces``. After the head turned or neared (:meth:`_drifted`)
-        a render is checked again, and one too close gets ``small_faces`` over it for that frame.
-        ``embedder=None`` skips both.
+        a render is checked again (in :meth:`end_frame`); one too close gets ``small_faces`` over
+        it, and the face keeps ``small_faces`` until it moves (:meth:`_held`). ``embedder=None``
+        skips both.
     budget_ms: per-frame time for *new* tracks (donor choice and check); later faces of a new
         track in that frame raise :class:`BudgetExceeded` (classical for that frame). A frame
         whose first render is a new track's always starts it: a crowd of new faces still moves.
@@ -549,7 +549,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         self._tracks: OrderedDict[int, _Track] = OrderedDict()
         self._frame_no = 0
         self._frame_start: float | None = None
-        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "shadowed": 0, "too_similar": 0, "rechecked": 0, "recheck_failed": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "refine_undone": 0, "replayed": 0}
+        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "shadowed": 0, "too_similar": 0, "rechecked": 0, "recheck_failed": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "refine_undone": 0, "replayed": 0, "held": 0}
 
     def priority(self, seed: int) -> float:
         """Faces that showed their donor last frame keep it (a face switching between donor and
@@ -614,7 +614,7 @@ class DonorAnonymizer(TrackedAnonymizer):
             track = self._new_track(frame, face, seed)
         else:
             self._tracks.move_to_end(seed)
-        if not track.safe:
+        if not track.safe or self._held(track, face):
             self.small_faces.anonymize(frame, face, seed)
             return
         before = frame[area].copy() if alone else None
@@ -664,9 +664,27 @@ class DonorAnonymizer(TrackedAnonymizer):
         (:func:`~edge_agent.anonymize.identity_check.drifted`)?"""
         return self.check is not None and drifted(track.checked, face)
 
-    def _check_failed(self, track: _Track) -> None:
-        """Its render failed the check in the finished frame: it is never replayed."""
+    def _check_failed(self, track: _Track, face: Face) -> None:
+        """Its render failed the check in the finished frame: it is never replayed, the face keeps
+        the fallback until it turned or neared (:meth:`_held`), and every later render of it is
+        checked. Drawn again on the next frame, a face near the bound passed and failed by turns:
+        on the demo clip a viewer saw it switch between donor and mosaic every few frames."""
         track.replay = None
+        yaw, pitch = pose(face.landmarks)
+        track.held = ((yaw, pitch, float(face.width), False), self._frame_no)
+        track.checked = (yaw, pitch, float(face.width), True)
+
+    def _held(self, track: _Track, face: Face) -> bool:
+        """Does the face keep the fallback this frame: its render failed the check (:meth:`_check_failed`)
+        less than ``HOLD_FRAMES`` ago and it has not turned or neared since (``RECHECK_DRIFT``)?"""
+        if track.held is None:
+            return False
+        key, since = track.held
+        if self._frame_no - since < HOLD_FRAMES and not drifted(key, face):
+            self.stats["held"] += 1
+            return True
+        track.held = None
+        return False
 
     def render(self, frame: np.ndarray, face: Face, track: _Track, seed: int, person: np.ndarray | None = None) -> None:
         """Warp the track's donor onto ``face``, match the scene, paste (in place). ``person``: the

@@ -73,23 +73,73 @@ def similarity_by_width(shared: Path, student: Path, seeds: int, every: int, thr
 
 
 def agent_counts(shared: Path, config: Path) -> dict:
-    """The configured pipeline over the whole clip, nobody registered: the anonymizer's counters."""
+    """The configured pipeline over the whole clip, nobody registered: the anonymizer's counters,
+    and for the donor mode how often a face's look changes between frames (:func:`_flicker`)."""
     from edge_agent.config import load_config
     from edge_agent.service import Models
     from edge_agent.stats import CameraStats
 
     cfg = load_config(config, env={"EDGE_AGENT_DATA_DIR": tempfile.mkdtemp(prefix="clip-check-")})
     guard = Models(cfg).pipeline(CameraStats("clip-check"))
+    engine = guard.pipeline.anonymizer
+    drawn: list[int] = []
+    anonymize = engine.anonymize
+
+    def recording(frame, face, seed=0):
+        drawn.append(int(seed))
+        return anonymize(frame, face, seed)
+
+    engine.anonymize = recording
+    failed: set[int] = set()  # tracks whose render failed the check on the finished frame
+    check_failed = getattr(engine, "_check_failed", None)
+
+    def failing(track, *rest):
+        failed.add(id(track))
+        return check_failed(track, *rest)
+
+    if check_failed is not None:
+        engine._check_failed = failing
+    looks: dict[int, list[tuple[int, str]]] = {}  # seed -> (frame, donor index or "other") per frame it was drawn
     cap = cv2.VideoCapture(str(Path(shared) / "video/short_hamilton_clip.mp4"))
     try:
+        frame_no = 0
         while True:
             ok, frame = cap.read()
             if not ok:
                 break
+            drawn.clear()
+            failed.clear()
             guard.filter_array(frame)
-        return dict(getattr(guard.pipeline.anonymizer, "stats", {}))
+            frame_no += 1
+            tracks = getattr(engine, "_tracks", {})
+            for seed in drawn:
+                t = tracks.get(seed)
+                shown = t is not None and getattr(t, "shown", -1) == engine._frame_no and t.safe and id(t) not in failed
+                looks.setdefault(seed, []).append((frame_no, str(t.donor) if shown else "other"))
+        counts = dict(getattr(engine, "stats", {}))
+        if engine.name == "donor":
+            counts.update(_flicker(looks))
+        return counts
     finally:
         guard.close()
+
+
+def _flicker(looks: dict[int, list[tuple[int, str]]]) -> dict:
+    """Per track, over consecutive frames it was drawn in: how often its look changed (a donor to
+    the fallback or back, or to another donor), and how many of those were a return to a donor it
+    had shown within the last 5 frames (a flicker a viewer sees)."""
+    changes = returns = donor_frames = other_frames = 0
+    for seq in looks.values():
+        for (f0, a), (f1, b) in zip(seq, seq[1:]):
+            if f1 != f0 + 1:
+                continue
+            if a != b:
+                changes += 1
+                recent = [look for f, look in seq if f1 - 5 <= f < f1]
+                returns += b != "other" and b in recent
+        donor_frames += sum(look != "other" for _, look in seq)
+        other_frames += sum(look == "other" for _, look in seq)
+    return {"look_changes": changes, "flicker_returns": returns, "donor_face_frames": donor_frames, "other_face_frames": other_frames}
 
 
 def clip_check(args) -> None:
