@@ -66,6 +66,40 @@ def test_donors_with_hair_or_headwear_on_the_forehead_are_never_chosen():
     assert forehead_cover(crop) < 0.1
 
 
+def test_a_donor_s_forehead_hair_is_not_pasted_onto_a_bare_forehead(models):
+    """Donors with some fringe are still chosen (under ``FOREHEAD_MAX``); pasted as they are, on a
+    close-up that fringe, cut off by the paste's top edge, read as a dark comb on the stranger's
+    bare forehead. The paste fades out over it: the upper forehead of the result is the stranger's
+    (blurred) one, measured as the share of it that is not skin."""
+    from edge_agent.anonymize.diffusion import aligned_crop
+    from edge_agent.anonymize.donor import HAIR_BAND, _Track, not_skin
+
+    _, _, photos = models
+    img, face = photos[0]  # obama.jpg: a bare forehead
+
+    def hair_share(image):
+        crop, _, _ = aligned_crop(image, face, 128)
+        band = forehead_band(128, HAIR_BAND)
+        return float(not_skin(crop, band)[band].mean())
+
+    anon = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)
+    bank = anon.bank
+    fringes = [i for i in range(bank.size) if 0.3 < forehead_cover(bank.donor(i)[0]) <= FOREHEAD_MAX][:8]
+    assert len(fringes) == 8
+    faded, pasted = [], []
+    for i in fringes:
+        out = img.copy()
+        anon.render(out, face, _Track(donor=i), 1)
+        faded.append(hair_share(out))
+        whole = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)
+        whole.bank.off_face = lambda j: np.zeros((128, 128), np.uint8)  # the fringe pasted with the face
+        out = img.copy()
+        whole.render(out, face, _Track(donor=i), 1)
+        pasted.append(hair_share(out))
+    assert hair_share(img) < 0.05
+    assert np.mean(pasted) > 0.05 and np.mean(faded) < np.mean(pasted) / 3, (faded, pasted)
+
+
 def test_donor_face_is_another_person_for_both_recognisers(models, anon):
     _, emb, photos = models
     dlib_check = None
@@ -411,9 +445,10 @@ def test_dark_scene_gets_a_dark_face(models, anon):
 
 def test_close_up_keeps_the_scene_s_fine_detail(models, anon):
     """Portraits of 100-200 px: the new face and its surroundings keep the original's fine detail
-    (Laplacian spread in the box, the realism report's detail ratio) within 0.75-1.3 on every one.
+    (Laplacian spread in the box, the realism report's detail ratio) within 0.7-1.3 on every one.
     Before the two-band paste and the grain put back over the blurred head, one came out at 0.60
-    (a soft patch); now 0.79-1.18."""
+    (a soft patch); then 0.76-1.14, and 0.74-1.14 since a donor's forehead hair is no longer
+    pasted (its strands were detail, on obama.jpg's donor a fringe painted on a bare forehead)."""
     from model_export.anonymizer.realism import detail
 
     _, _, photos = models
@@ -423,7 +458,7 @@ def test_close_up_keeps_the_scene_s_fine_detail(models, anon):
         anon.forget(400 + k)
         anon.anonymize(out, face, seed=400 + k)
         ratios.append(detail(out, face.box) / detail(img, face.box))
-    assert 0.75 <= min(ratios) and max(ratios) <= 1.3, np.round(ratios, 2)
+    assert 0.7 <= min(ratios) and max(ratios) <= 1.3, np.round(ratios, 2)
 
 
 def test_noisy_scene_keeps_its_grain_over_the_whole_head(models, anon):

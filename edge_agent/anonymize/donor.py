@@ -25,7 +25,8 @@ invent on a CPU. Per face (numpy / OpenCV only):
    new face, lightly over hair and ears, fading out at the ellipse's rim so no oval shows) and
    given grain where the blur took texture away (:func:`with_grain`), then the donor face is
    blended in two bands: its coarse shading over a wide feather, its fine detail over a narrow
-   one. Every pixel of the face is new or strongly blurred.
+   one. A donor's hair on its upper forehead, and its neck or collar under its chin, are left out
+   of the paste (:func:`without_off_face`): the stranger's blurred head shows there. Every pixel of the face is new or strongly blurred.
 
 Any problem raises, and the pipeline falls back to classical redaction (fail closed).
 """
@@ -83,6 +84,9 @@ GEOMETRY_SWAP = 0.6  # at degree 2, this share of the face's 5-point layout is t
 FOREHEAD_BAND = 0.6  # eye-to-mouth spans above the eyes: the forehead from there up to the paste's top edge...
 FOREHEAD_MAX = 0.5  # ...a donor with more than this share of it hair or headwear is never chosen
 HAIR_DL, HAIR_DAB = 15.0, 12.0  # L* darker than the donor's skin, or a*b* this far from it: not skin
+OFF_FACE_FADE = 32  # the paste fades out over a donor's hair, collar or background with a blur of the crop side / this...
+HAIR_BAND = 0.45  # ...from this many eye-to-mouth spans above the eyes up (the eyebrows lie below)...
+CHIN_BAND = 0.5  # ...and from this many below the mouth down (the lower chin and under it)
 FEATHER = 0.25  # the paste's feather, in ellipse radii: coarse shading meets the frame over it...
 DETAIL_FEATHER = 0.08  # ...fine detail over this much (two-band blend, :func:`paste`)
 DETAIL_SIGMA = 1.5  # frame px: the split between the fine band and the coarse one
@@ -120,24 +124,61 @@ def paste_masks(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return alpha, sharp, (r <= 1.0), inner
 
 
-@lru_cache(maxsize=2)
-def forehead_band(size: int) -> np.ndarray:
-    """The top of the pasted ellipse (template space): the upper forehead, where a donor's
-    fringe, cap or hat would be pasted onto a stranger's bare forehead."""
+@lru_cache(maxsize=4)
+def forehead_band(size: int, low: float = FOREHEAD_BAND) -> np.ndarray:
+    """The top of the pasted ellipse (template space) down to ``low`` eye-to-mouth spans above the
+    eyes: the upper forehead, where a donor's fringe, cap or hat would be pasted onto a stranger's
+    bare forehead."""
     (cx, cy), (ax, ay) = paste_ellipse(size)
     eyes_y, span = eyes_and_span(size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    return (((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1.0) & (yy < eyes_y - FOREHEAD_BAND * span)
+    return (((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1.0) & (yy < eyes_y - low * span)
+
+
+def not_skin(crop: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Bool mask of ``region`` (an aligned crop's template space) where the crop is not skin:
+    darker than its cheeks' L* by ``HAIR_DL`` or ``HAIR_DAB`` away from their a*b* (hair, a cap,
+    a collar, the background; a bald head's highlights stay skin)."""
+    tone = appearance(crop)[:3]
+    lab = lab_pixels(crop, region)
+    out = np.zeros(region.shape, bool)
+    out[region] = (lab[:, 0] < tone[0] - HAIR_DL) | (np.sqrt(((lab[:, 1:] - tone[1:]) ** 2).sum(1)) > HAIR_DAB)
+    return out
 
 
 def forehead_cover(crop: np.ndarray) -> float:
-    """Share of an aligned crop's upper forehead (:func:`forehead_band`) that is not skin: darker
-    than the cheeks' L* by ``HAIR_DL`` or ``HAIR_DAB`` away from their a*b* (hair, a cap, a hat;
-    a bald head's highlights stay skin)."""
-    tone = appearance(crop)[:3]
-    lab = lab_pixels(crop, forehead_band(crop.shape[0]))
-    other = (lab[:, 0] < tone[0] - HAIR_DL) | (np.sqrt(((lab[:, 1:] - tone[1:]) ** 2).sum(1)) > HAIR_DAB)
-    return float(other.mean())
+    """Share of an aligned crop's upper forehead (:func:`forehead_band`) that is hair or headwear."""
+    band = forehead_band(crop.shape[0])
+    return float(not_skin(crop, band)[band].mean())
+
+
+@lru_cache(maxsize=2)
+def rim_bands(size: int) -> np.ndarray:
+    """The paste's top and bottom (template space): the forehead from ``HAIR_BAND`` eye-to-mouth
+    spans above the eyes up, and from ``CHIN_BAND`` spans below the mouth down, where a donor's
+    fringe, or its neck shadow, collar or background under a chin that sits higher than the
+    stranger's, would be pasted onto the stranger's forehead or chin."""
+    (cx, cy), (ax, ay) = paste_ellipse(size)
+    eyes_y, span = eyes_and_span(size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    chin = (((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1.0) & (yy > eyes_y + (1.0 + CHIN_BAND) * span)
+    return forehead_band(size, HAIR_BAND) | chin
+
+
+def off_face(crop: np.ndarray) -> np.ndarray:
+    """Bool mask of an aligned donor crop's :func:`rim_bands` that is not its face (:func:`not_skin`)."""
+    return not_skin(crop, rim_bands(crop.shape[0]))
+
+
+def without_off_face(alpha: np.ndarray, sharp: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The paste's masks (template space) faded where the warped donor is not its face at the
+    paste's top and bottom (``off``: 0-1, :func:`off_face` warped with the donor): the stranger's
+    blurred head shows there instead. On close-ups a donor's fringe, cut off by the paste's top
+    edge and pasted onto a bare forehead, read as a dark comb of streaks, and a donor's collar
+    under its chin as a coloured patch."""
+    size = alpha.shape[0]
+    keep = 1.0 - np.clip(cv2.GaussianBlur(off, (0, 0), size / OFF_FACE_FADE) * 2.0, 0.0, 1.0)
+    return alpha * keep, sharp * keep
 
 
 def landmarks_fit(face: Face) -> bool:
@@ -286,25 +327,34 @@ class DonorBank:
         return bool(self._clear[base])
 
     def _decode(self, base: int) -> np.ndarray:
+        """BGRA: the crop, and what of its paste is not its face (:func:`off_face`) as alpha."""
         crop = cv2.imdecode(self.jpeg[self.offsets[base]:self.offsets[base + 1]], cv2.IMREAD_COLOR)
         if crop is None or crop.shape != (BANK_SIDE, BANK_SIDE, 3):
             raise ValueError(f"donor {base} does not decode")
-        return crop
+        return np.dstack([crop, off_face(crop).astype(np.uint8) * 255])
+
+    def _entry(self, i: int) -> np.ndarray:
+        base = int(i) % self.size
+        entry = self._decoded.get(base)
+        if entry is None:
+            entry = self._decode(base)
+            self._decoded[base] = entry
+            while len(self._decoded) > 256:
+                self._decoded.popitem(last=False)
+        return entry if i < self.size else entry[:, ::-1]
 
     def donor(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(BGR uint8 [128, 128, 3], landmarks [5, 2]) of donor ``i`` (mirrored when >= size)."""
-        base = int(i) % self.size
-        crop = self._decoded.get(base)
-        if crop is None:
-            crop = self._decode(base)
-            self._decoded[base] = crop
-            while len(self._decoded) > 256:
-                self._decoded.popitem(last=False)
-        lm = self.landmarks[base]
+        lm = self.landmarks[int(i) % self.size]
         if i >= self.size:
-            crop = crop[:, ::-1]
             lm = np.stack([BANK_SIDE - 1 - lm[:, 0], lm[:, 1]], 1)[list(MIRROR)]
-        return np.ascontiguousarray(crop), lm.astype(np.float32)
+        return np.ascontiguousarray(self._entry(i)[..., :3]), lm.astype(np.float32)
+
+    def off_face(self, i: int) -> np.ndarray:
+        """uint8 [128, 128] (255: not its face) over donor ``i``'s forehead and under its chin: what
+        the paste leaves out (:func:`without_off_face`; the bands are symmetric, so a mirror's is
+        mirrored)."""
+        return np.ascontiguousarray(self._entry(i)[..., 3])
 
 
 # -- appearance -------------------------------------------------------------------------------
@@ -693,6 +743,8 @@ class DonorAnonymizer(TrackedAnonymizer):
         scene = self.original(frame)
         crop, matrix, crop_lm = aligned_crop(scene, face, size)
         donor, donor_lm = self.bank.donor(track.donor)
+        # what of the donor is not its face (a 4th channel) travels with it through the warp
+        donor = np.dstack([donor, self.bank.off_face(track.donor)])
         scale = size / BANK_SIDE
         if size != BANK_SIDE:
             donor = cv2.resize(donor, (size, size), interpolation=cv2.INTER_AREA)
@@ -707,7 +759,11 @@ class DonorAnonymizer(TrackedAnonymizer):
             if a is None:
                 raise ValueError("donor landmarks do not map onto the face")
             warped = cv2.warpAffine(donor, a, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        warped, off = warped[..., :3], warped[..., 3].astype(np.float32) / 255.0
         alpha, sharp, hard, inner = paste_masks(size)
+        under = alpha  # the strong blur goes under the whole paste, the donor's face or not
+        if off.any():
+            alpha, sharp = without_off_face(alpha, sharp, off)
         now = ColourStats.of(crop, inner)
         track.stats = now if track.stats is None else track.stats.blend(now, STAT_SMOOTHING)
         new_bgr = transfer(warped.astype(np.float32), crop, hard, inner, track.stats, self.degree)
@@ -717,7 +773,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         if refine and person is None:
             person = self.check.person(scene, face)
         self._refine_ms += (time.perf_counter() - t0) * 1000.0
-        paste(frame, face, matrix, new_bgr, alpha, sharp, np.random.default_rng([seed & 0xFFFFFFFF, self._frame_no]), scene)
+        paste(frame, face, matrix, new_bgr, alpha, sharp, np.random.default_rng([seed & 0xFFFFFFFF, self._frame_no]), scene, under)
         if refine:
             self._refine(frame, face, seed, person)
 
@@ -847,13 +903,14 @@ def base_layer(frame: np.ndarray, face: Face, inv: np.ndarray, alpha: np.ndarray
 
 
 def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray, alpha: np.ndarray, sharp: np.ndarray,
-          rng: np.random.Generator, scene: np.ndarray | None = None) -> None:
+          rng: np.random.Generator, scene: np.ndarray | None = None, under: np.ndarray | None = None) -> None:
     """Blur the head ellipse, then blend the new face (template space, ``matrix`` maps frame to
     template) into it, after matching the frame's blur and noise where it lands. Two bands: the
     coarse one over ``alpha``'s wide feather, the fine one (under ``DETAIL_SIGMA``) over
     ``sharp``'s narrow one, so the face keeps its skin texture up to its outline (a one-band
     feather left a quarter of the face half blurred: detail ratio 0.5 there). ``scene``: what the
-    blur and noise are matched to, when not ``frame`` itself (:meth:`~edge_agent.anonymize.base.TrackedAnonymizer.original`)."""
+    blur and noise are matched to, when not ``frame`` itself (:meth:`~edge_agent.anonymize.base.TrackedAnonymizer.original`);
+    ``under``: where the strong blur goes (template space), when wider than ``alpha``."""
     inv = cv2.invertAffineTransform(matrix)
     ys, xs = np.nonzero(alpha > 0)
     box = np.array([[xs.min() - 1, ys.min() - 1, 1], [xs.max() + 2, ys.min() - 1, 1],
@@ -871,7 +928,7 @@ def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray
     a_fine = cv2.warpAffine(sharp, shift, (rw, rh), flags=cv2.INTER_LINEAR)
     original = (frame if scene is None else scene)[y0:y1, x0:x1]
     warped = match_camera(warped, original, a > 0.5, rng, float(np.sqrt(abs(np.linalg.det(inv[:, :2])))))
-    base, base_w = base_layer(frame, face, inv, alpha)
+    base, base_w = base_layer(frame, face, inv, alpha if under is None else under)
     rows, cols, _ = face_region(face, frame.shape)
     patch = frame[rows, cols]
     base = with_grain(base, patch, base_w, rng)

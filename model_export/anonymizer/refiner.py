@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from edge_agent.anonymize.diffusion import aligned_crop
-from edge_agent.anonymize.donor import DonorAnonymizer, _Track
+from edge_agent.anonymize.donor import DonorAnonymizer, _Track, off_face
 from edge_agent.anonymize.refine import REFINE_CROP, head_weight, network_input
 from edge_agent.faces import Face
 from model_export.low_light import darken
@@ -68,6 +68,9 @@ class _OneDonor:
 
     def donor(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return self.crop, self.landmarks
+
+    def off_face(self, i: int) -> np.ndarray:
+        return off_face(self.crop).astype(np.uint8) * 255
 
 
 def degrade(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
