@@ -160,7 +160,8 @@ def test_a_generated_face_too_like_the_person_is_replaced_by_the_classical_one(m
 
 def test_a_reused_face_is_checked_again_once_the_head_nears(models, one_frame):
     """A generated face is checked when generated; re-used on a head now 1.6 times as near, it is
-    checked again in the finished frame, and one too close to the person gets the mosaic over it."""
+    checked again in the finished frame, and one too close to the person gets the mosaic over it,
+    and keeps it while the head stays where it was."""
     from edge_agent.anonymize.classical import Pixelate
 
     _, emb, photos = models
@@ -181,6 +182,12 @@ def test_a_reused_face_is_checked_again_once_the_head_nears(models, one_frame):
     x1, y1, x2, y2 = (int(v) for v in face.box)
     cells = Pixelate().cells(face)
     assert len(np.unique(out[y1:y2, x1:x2].reshape(-1, 3), axis=0)) <= (cells + 1) ** 2, "no mosaic over the face"
+    # the same pose on the next frame: the mosaic held, nothing drawn or checked
+    anon.check.max_similarity = 0.35
+    mosaic = img.copy()
+    Pixelate().anonymize(mosaic, face, 9)
+    assert np.array_equal(frame_of(img, face), mosaic)
+    assert anon.stats["held"] == 1 and anon.stats["rechecked"] == 2
 
 
 def test_same_seed_same_face_across_frames_different_seed_differs(models):

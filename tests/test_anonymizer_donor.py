@@ -193,6 +193,12 @@ def test_second_detection_of_a_head_gets_no_second_face(models):
     assert shadowed([face, _inner_face(face, 0.5, 0.5, 1.0, float(face.score))]) != []  # equal scores: one is kept
     far = Face(face.box + np.float32([2 * face.width, 0, 2 * face.width, 0]), face.landmarks + np.float32([2 * face.width, 0]), 0.5)
     assert shadowed([face, far]) == []  # two heads side by side: both are faces
+    # a face behind a surer one, a third of its box hidden (the demo clip's out-of-focus face behind
+    # a laughing one got a dark, skull-like donor): out of focus too; a fifth hidden: a face of its own
+    for hidden, is_shadowed in ((0.33, True), (0.2, False)):
+        shift = np.float32([-(1 - hidden) * face.width, 0])
+        behind = Face(face.box + np.tile(shift, 2), face.landmarks + shift, 0.8)
+        assert (shadowed([face, behind]) == [behind]) is is_shadowed, hidden
     for order in ((face, 1), (ghost, 2)), ((ghost, 2), (face, 1)):
         anon = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)
         out = img.copy()
@@ -246,7 +252,7 @@ def test_a_face_that_failed_its_check_keeps_the_mosaic_until_it_moves(models, on
     passed and failed by turns: donor and mosaic alternating): the face keeps the mosaic, without a
     render, until it turns or nears or ``HOLD_FRAMES`` pass; then it is drawn and checked again."""
     from edge_agent.anonymize.classical import Pixelate
-    from edge_agent.anonymize.donor import HOLD_FRAMES
+    from edge_agent.anonymize.base import HOLD_FRAMES
 
     _, emb, photos = models
     img, face = photos[0]

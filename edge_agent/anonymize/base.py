@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from edge_agent.anonymize.descriptors import pose
+from edge_agent.anonymize.identity_check import drifted
 from edge_agent.faces import Face
 
 # The detector's box runs roughly brow to chin; the ellipse is grown so that it covers the
@@ -16,6 +18,7 @@ from edge_agent.faces import Face
 ELLIPSE_SCALE_X = 0.68
 ELLIPSE_SCALE_Y = 0.80
 ELLIPSE_SHIFT_Y = -0.06
+HOLD_FRAMES = 25  # a render that failed the check: the fallback until the face turns or nears, at most this many frames
 
 
 class Anonymizer(ABC):
@@ -92,8 +95,25 @@ class TrackedAnonymizer(Anonymizer):
                 track.checked = key
 
     def _check_failed(self, track, face: Face) -> None:
-        """A track's face failed its check at :meth:`end_frame` (an engine drops what it would
-        otherwise show again)."""
+        """A track's face failed its check at :meth:`end_frame`: it keeps the fallback until it
+        turned or neared (:meth:`_held`), and every later render of it is checked. Drawn again on
+        the next frame, a face near the bound passed and failed by turns: on the demo clip a viewer
+        saw it switch between a synthetic face and the mosaic every few frames."""
+        yaw, pitch = pose(face.landmarks)
+        track.held = ((yaw, pitch, float(face.width), False), self._frame_no)
+        track.checked = (yaw, pitch, float(face.width), True)
+
+    def _held(self, track, face: Face) -> bool:
+        """Does the face keep the fallback this frame: its render failed the check (:meth:`_check_failed`)
+        less than ``HOLD_FRAMES`` ago and it has not turned or neared since (``RECHECK_DRIFT``)?"""
+        if track.held is None:
+            return False
+        key, since = track.held
+        if self._frame_no - since < HOLD_FRAMES and not drifted(key, face):
+            self.stats["held"] += 1
+            return True
+        track.held = None
+        return False
 
     def original(self, frame: np.ndarray) -> np.ndarray:
         """The frame as it came (given to :meth:`begin_frame`), else ``frame`` itself. On the demo

@@ -243,6 +243,7 @@ class _Track:
     landmarks: np.ndarray  # crop-space landmarks it was generated for
     safe: bool = True  # False: the check found it too similar to the person; classical instead
     checked: tuple[float, float, float, bool] | None = None  # its last passed check (IdentityCheck.passed)
+    held: tuple[tuple[float, float, float, bool], int] | None = None  # (pose, frame) of a render that failed it
 
 
 class DiffusionAnonymizer(TrackedAnonymizer):
@@ -333,7 +334,7 @@ class DiffusionAnonymizer(TrackedAnonymizer):
         self._tracks: dict[int, _Track] = {}
         self._frame_no = 0
         self._frame_start: float | None = None
-        self.stats = {"generated": 0, "reused": 0, "over_budget": 0, "small": 0, "too_similar": 0, "rechecked": 0, "recheck_failed": 0}
+        self.stats = {"generated": 0, "reused": 0, "over_budget": 0, "small": 0, "too_similar": 0, "rechecked": 0, "recheck_failed": 0, "held": 0}
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, noise: np.ndarray, cond: np.ndarray) -> np.ndarray:
@@ -390,7 +391,7 @@ class DiffusionAnonymizer(TrackedAnonymizer):
         else:
             self.stats["reused"] += 1
             self._tracks[seed] = self._tracks.pop(seed)  # LRU touch
-        if not track.safe:
+        if not track.safe or self._held(track, face):
             self.small_faces.anonymize(frame, face, seed)
             return
         if self.check is not None and drifted(track.checked, face):

@@ -77,9 +77,8 @@ HEAD_SIDE = 128  # the out-of-focus head is computed at most this many pixels ac
 REFINE_MIN_PX = 64  # narrower faces are not refined (the refiner's crop; see _refine)
 REUSE_SHIFT = 0.02  # a face whose landmarks moved less than this share of its width since its last render...
 REUSE_FRAMES = 8  # ...gets that render replayed, for up to this many frames (then drawn anew: light changes)
-HOLD_FRAMES = 25  # a render that failed the check: the fallback until the face turns or nears, at most this many frames
 REACH = 1.1  # a render writes within the head ellipse's bounding box grown this much (checked)
-SHADOW_SHARE = 0.4  # a face with this share of its box inside a surer face's box is that head's second detection
+SHADOW_SHARE = 0.25  # a face with this share of its box inside a surer face's box: a second detection, or a face behind
 GEOMETRY_SWAP = 0.6  # at degree 2, this share of the face's 5-point layout is the donor's
 FOREHEAD_BAND = 0.6  # eye-to-mouth spans above the eyes: the forehead from there up to the paste's top edge...
 FOREHEAD_MAX = 0.5  # ...a donor with more than this share of it hair or headwear is never chosen
@@ -222,10 +221,12 @@ def landmarks_fit(face: Face) -> bool:
 
 
 def shadowed(faces: Sequence[Face]) -> list[Face]:
-    """The faces that lie mostly (``SHADOW_SHARE`` of their box) inside the box of a face the detector
-    is surer of (or, equally sure, a larger one; a duplicate: the one listed first): one head, two detections. On the demo clip a
-    face-like constellation on a close-up's forehead (score 0.66) kept its track for frames after
-    and got a second donor face over the head's hair, beside the first."""
+    """The faces with ``SHADOW_SHARE`` of their box inside the box of a face the detector is surer
+    of (or, equally sure, a larger one; a duplicate: the one listed first): one head, two
+    detections, or a face half hidden behind another. On the demo clip a face-like constellation on
+    a close-up's forehead (score 0.66) kept its track for frames after and got a second donor face
+    over the head's hair, beside the first; and an out-of-focus face behind a laughing one, a third
+    of its box hidden, got a dark, skull-like donor cut off by its neighbour's head."""
     if len(faces) < 2:
         return []
     boxes = np.array([np.asarray(f.box, np.float64)[:4] for f in faces])
@@ -715,26 +716,10 @@ class DonorAnonymizer(TrackedAnonymizer):
         return self.check is not None and drifted(track.checked, face)
 
     def _check_failed(self, track: _Track, face: Face) -> None:
-        """Its render failed the check in the finished frame: it is never replayed, the face keeps
-        the fallback until it turned or neared (:meth:`_held`), and every later render of it is
-        checked. Drawn again on the next frame, a face near the bound passed and failed by turns:
-        on the demo clip a viewer saw it switch between donor and mosaic every few frames."""
+        """Its render failed the check in the finished frame: it is never replayed (and it is held:
+        :meth:`~edge_agent.anonymize.base.TrackedAnonymizer._check_failed`)."""
         track.replay = None
-        yaw, pitch = pose(face.landmarks)
-        track.held = ((yaw, pitch, float(face.width), False), self._frame_no)
-        track.checked = (yaw, pitch, float(face.width), True)
-
-    def _held(self, track: _Track, face: Face) -> bool:
-        """Does the face keep the fallback this frame: its render failed the check (:meth:`_check_failed`)
-        less than ``HOLD_FRAMES`` ago and it has not turned or neared since (``RECHECK_DRIFT``)?"""
-        if track.held is None:
-            return False
-        key, since = track.held
-        if self._frame_no - since < HOLD_FRAMES and not drifted(key, face):
-            self.stats["held"] += 1
-            return True
-        track.held = None
-        return False
+        super()._check_failed(track, face)
 
     def render(self, frame: np.ndarray, face: Face, track: _Track, seed: int, person: np.ndarray | None = None) -> None:
         """Warp the track's donor onto ``face``, match the scene, paste (in place). ``person``: the
