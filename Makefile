@@ -96,7 +96,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup quantize-detector bench-venv ## speed figures: pipeline vs deface, models FP32 vs INT8, sync, API server, encoder, anonymizer
-	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate --config benchmarks/diffusion.yaml --label diffusion
+	$(PY) benchmarks/bench_pipeline.py --config $(CONFIG) --label "$(DEVICE) config" --config benchmarks/pixelate.yaml --label pixelate --config benchmarks/diffusion.yaml --label diffusion --rounds 4
 	$(PY) benchmarks/bench_pipeline.py --resize 1920x1080 --config $(CONFIG) --label "$(DEVICE) config, 1080p" --config benchmarks/pixelate.yaml --label "pixelate, 1080p"
 	$(PY) benchmarks/bench_detection.py --config $(CONFIG)
 	$(PY) benchmarks/bench_recognition.py
