@@ -39,7 +39,7 @@ from edge_agent.anonymize.identity_check import IdentityCheck, drifted
 from edge_agent.faces import Face
 
 CROP = 64  # generator resolution (aligned crop side, pixels)
-HEAD_LAYER_SIDE = 128  # the blurred head layer is computed at most this many pixels across
+LAYER_SIDE = 128  # smooth layers over a head region (blurs, their masks) are computed at most this many pixels across
 MARGIN = 0.25  # template margin: the face takes 75 % of the crop side, the rest is context
 LOWFREQ_CELLS = 4  # the only appearance of the face interior the generator sees: 4x4 cells of Y
 HEAT_SIGMA = 1.5  # landmark heat-map sigma (crop pixels)
@@ -160,19 +160,27 @@ def _blur(patch: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.resize(small, (pw, ph), interpolation=cv2.INTER_LINEAR)
 
 
+def shrunk(patch: np.ndarray, region: np.ndarray, side: int = LAYER_SIDE) -> tuple[np.ndarray, np.ndarray, float]:
+    """``patch`` (area-averaged) and its ``region`` mask (nearest) at most ``side`` pixels across,
+    and the scale: a smooth layer computed there and resized up looks the same at a fraction of
+    the cost on a close-up."""
+    ph, pw = patch.shape[:2]
+    k = min(1.0, side / max(ph, pw))
+    if k == 1.0:
+        return patch, region, k
+    size = (max(int(round(pw * k)), 1), max(int(round(ph * k)), 1))
+    return cv2.resize(patch, size, interpolation=cv2.INTER_AREA), cv2.resize(region, size, interpolation=cv2.INTER_NEAREST), k
+
+
 def head_blur(patch: np.ndarray, region: np.ndarray) -> np.ndarray:
     """The layer under the generated face. Strong in the ellipse's centre (sigma a quarter of the
     head: should bad landmarks misplace the generated face, the face interior is still gone) and
     lighter toward the rim (sigma 1/32: hair, ears and background keep a soft outline instead of
-    a flat oval). Both blurs are smooth at ``HEAD_LAYER_SIDE`` across: computed there and resized
-    up, a 400 px close-up's layer costs a tenth of the full-resolution one and looks the same."""
+    a flat oval). Both blurs are smooth: computed at most ``LAYER_SIDE`` across (:func:`shrunk`), a
+    400 px close-up's layer costs a tenth of the full-resolution one and looks the same."""
     ph, pw = patch.shape[:2]
-    k = min(1.0, HEAD_LAYER_SIDE / max(ph, pw))
-    size = (max(int(round(pw * k)), 1), max(int(round(ph * k)), 1))
-    small = cv2.resize(patch, size, interpolation=cv2.INTER_AREA) if k < 1.0 else patch
-    inside = (region > 0).astype(np.uint8)
-    inside = cv2.resize(inside, size, interpolation=cv2.INTER_NEAREST) if k < 1.0 else inside
-    side = max(size)
+    small, inside, k = shrunk(patch, (region > 0).astype(np.uint8))
+    side = max(small.shape[:2])
     strong, light = _blur(small, side / 4.0), _blur(small, side / 32.0)
     depth = cv2.distanceTransform(inside, cv2.DIST_L2, 3)
     depth /= max(float(depth.max()), 1e-6)  # 0 on the rim, 1 in the centre

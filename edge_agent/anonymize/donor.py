@@ -49,7 +49,7 @@ import numpy as np
 from edge_agent.align import similarity_transform, template
 from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_ellipse, face_region
 from edge_agent.anonymize.descriptors import appearance, lab_pixels, pose, tone_mask
-from edge_agent.anonymize.diffusion import MARGIN, BudgetExceeded, _blur, aligned_crop
+from edge_agent.anonymize.diffusion import MARGIN, BudgetExceeded, _blur, aligned_crop, shrunk
 from edge_agent.anonymize.identity_check import IdentityCheck, drifted
 from edge_agent.faces import Face
 
@@ -66,7 +66,6 @@ MIRROR = (1, 0, 2, 4, 3)  # landmark order after a horizontal flip
 TPS_LATTICE = 33  # thin-plate spline evaluated on this many nodes a side
 SHARPEN_MAX = 1.0  # unsharp-mask amount cap: past it JPEG blocks and donor skin turn to crinkles (the rest is grain)
 MAX_YAW = 0.55  # |yaw| beyond this (nose past ~half an eye distance off-centre) is a profile
-BASE_SIDE = 128  # the blurred base layer is computed at most this many pixels across
 RIM_WEIGHT = 0.5  # the base layer's least weight inside the head ellipse (at its rim)
 GRAIN_SCALE = 1 / 16  # the grain follows the texture the blur removed, measured at this share of the region
 GRAIN_MAX = 4.0  # grey levels: the most grain put back (past it, hair reads as sand)
@@ -74,7 +73,6 @@ STRONG_BLUR = 1 / 20  # the blur under and around the new face, as a share of th
 LIGHT_BLUR = 1 / 80  # the blur over hair and ears, as a share of the head region's side (1/160 kept more strands but raised LFW re-ID)
 HEAD_BLUR = 1 / 6  # a turned head's features: the blur, as a share of the head region's side...
 HEAD_CORE = (0.05, 0.3)  # ...full from this depth into the region (0 rim, 1 centre), none below the first
-HEAD_SIDE = 128  # the out-of-focus head is computed at most this many pixels across (its grain at full size)
 REFINE_MIN_PX = 64  # narrower faces are not refined (the refiner's crop; see _refine)
 REUSE_SHIFT = 0.02  # a face whose landmarks moved less than this share of its width since its last render...
 REUSE_FRAMES = 8  # ...gets that render replayed, for up to this many frames (then drawn anew: light changes)
@@ -847,17 +845,15 @@ def head_layer(patch: np.ndarray, region: np.ndarray, strong_share: float, core_
     where ``core_at(k, (w, h), depth)`` is 1, a light one (``LIGHT_BLUR``) elsewhere; the weight
     fades toward the ellipse's rim to ``RIM_WEIGHT`` (hair, ears and background keep their strands
     and outline and meet the frame without a visible oval), but every pixel of the region is
-    redrawn, as every anonymizer's region is. The strong blur and the masks are smooth: computed at
-    most ``BASE_SIDE`` across (scale ``k``; ``depth``: 0 at the rim, 1 at the centre, at that size)
-    and resized up, they look the same at a fraction of the cost on a close-up; the light blur
-    keeps hair strands, so it is computed at the frame's resolution."""
+    redrawn, as every anonymizer's region is. The strong blur and the masks are smooth: computed
+    at a smaller size (:func:`~edge_agent.anonymize.diffusion.shrunk`, scale ``k``; ``depth``: 0 at
+    the rim, 1 at the centre, at that size) and resized up; the light blur keeps hair strands, so
+    it is computed at the frame's resolution."""
     ph, pw = patch.shape[:2]
     side = max(ph, pw)
-    k = min(1.0, BASE_SIDE / side)
-    sw, sh = max(int(round(pw * k)), 1), max(int(round(ph * k)), 1)
-    small = cv2.resize(patch, (sw, sh), interpolation=cv2.INTER_AREA) if k < 1.0 else patch
     inside = (region > 0).astype(np.uint8)
-    inside_small = cv2.resize(inside, (sw, sh), interpolation=cv2.INTER_NEAREST) if k < 1.0 else inside
+    small, inside_small, k = shrunk(patch, inside)
+    sh, sw = small.shape[:2]
     depth = cv2.distanceTransform(inside_small, cv2.DIST_L2, 3)
     depth /= max(float(depth.max()), 1e-6)
     core = np.asarray(core_at(k, (sw, sh), depth), np.float32)
@@ -940,11 +936,8 @@ class HeadBlur(Anonymizer):
         patch = frame[rows, cols]
         ph, pw = patch.shape[:2]
         # nothing of an out-of-focus head needs the frame's resolution but its grain: the layer and
-        # the grain's strength are computed at most HEAD_SIDE across (a 250 px close-up: 14 -> 4 ms)
-        k = min(1.0, HEAD_SIDE / max(ph, pw))
-        size = (max(int(round(pw * k)), 1), max(int(round(ph * k)), 1))
-        small = cv2.resize(patch, size, interpolation=cv2.INTER_AREA) if k < 1.0 else patch
-        small_region = cv2.resize(region, size, interpolation=cv2.INTER_NEAREST) if k < 1.0 else region
+        # the grain's strength are computed at a smaller size (a 250 px close-up: 14 -> 4 ms)
+        small, small_region, k = shrunk(patch, region)
 
         def features(k: float, size: tuple[int, int], depth: np.ndarray) -> np.ndarray:
             return np.clip((depth - HEAD_CORE[0]) / (HEAD_CORE[1] - HEAD_CORE[0]), 0.0, 1.0)
