@@ -319,7 +319,7 @@ class DonorBank:
     def clear(self, i: int) -> bool:
         """May donor ``i`` be chosen? Not when a fringe, cap or hat covers its upper forehead
         (:func:`forehead_cover`): pasted, it would paint hair onto a bare forehead. Scanned at half
-        size the first time a choice reaches the donor: the whole bank took 0.44 s at every start."""
+        size the first time a choice reaches the donor: the whole bank was scanned at every start."""
         base = int(i) % self.size
         if self._clear[base] < 0:
             small = cv2.imdecode(self.jpeg[self.offsets[base]:self.offsets[base + 1]], cv2.IMREAD_REDUCED_COLOR_2)
