@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Optional
 
@@ -67,6 +67,25 @@ class FramePipeline:
         self.scene = SceneCut(config.tracker.scene_cut)
         self._gallery = None
         self._source_changed = threading.Event()
+        self._ahead: Optional[ThreadPoolExecutor] = None
+
+    def detect_ahead(self, frame: np.ndarray) -> Future:
+        """Start detecting ``frame`` on the pipeline's own detection thread, to be handed to
+        :meth:`filter` with that frame. A file's next frame is detected while this one is
+        recognised and anonymized: on 2 cores the detector and the anonymizer each keep a core
+        busy instead of taking turns. Detections depend on the raw frame only, so the result is
+        the same as detecting inside :meth:`filter`; an exception surfaces there (fail closed)."""
+        if self._ahead is None:
+            self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"detect-{self.stats.name}")
+        return self._ahead.submit(self._timed_detect, frame)
+
+    def _timed_detect(self, frame: np.ndarray) -> list:
+        with self.stats.timed("detect"):
+            return self.detector.detect(frame)
+
+    def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.shutdown(wait=False, cancel_futures=True)
 
     def source_changed(self) -> None:
         """The source reconnected (called from the capture side): the next frame may show another
@@ -83,13 +102,17 @@ class FramePipeline:
             self.stats.add("scene_resets")
         return cut
 
-    def filter(self, frame: np.ndarray) -> np.ndarray:
-        """Anonymize ``frame`` in place and return it; raises if any stage fails."""
+    def filter(self, frame: np.ndarray, detections: Optional[Future] = None) -> np.ndarray:
+        """Anonymize ``frame`` in place and return it; raises if any stage fails. ``detections``:
+        the frame's :meth:`detect_ahead`, when started before."""
         stats = self.stats
         if frame.shape[0] * frame.shape[1] > self.max_frame_pixels:  # FailClosed redacts it whole
             raise ValueError(f"frame {frame.shape[1]}x{frame.shape[0]} over pipeline.max_frame_pixels")
-        with stats.timed("detect"):
-            faces = self.detector.detect(frame)
+        if detections is None:
+            faces = self._timed_detect(frame)
+        else:
+            with stats.timed("detect_wait"):
+                faces = detections.result()
         with stats.timed("track"):
             self._scene_reset(frame)
             seen, coasting = self.tracker.update(faces)
@@ -218,14 +241,15 @@ class FailClosed:
             self._last_warning = now
         return redact_frame(frame, self.frame_fallback)
 
-    def filter_array(self, frame: np.ndarray) -> tuple[np.ndarray, bool]:
-        """(the frame that may leave, whether it was fully redacted)."""
+    def filter_array(self, frame: np.ndarray, detections: Optional[Future] = None) -> tuple[np.ndarray, bool]:
+        """(the frame that may leave, whether it was fully redacted). ``detections``: the frame's
+        :meth:`FramePipeline.detect_ahead`; waiting for it counts toward the deadline."""
         self.stats.add("frames_in")
         with self._lock:
             if self._busy is not None and not self._busy.done():
                 return self._redacted(frame, "pipeline still busy with an earlier frame"), True
             start = time.perf_counter()
-            future = self._executor.submit(self.pipeline.filter, frame)
+            future = self._executor.submit(self.pipeline.filter, frame, detections)
             self._busy, self._busy_since = future, time.monotonic()
         try:
             out = future.result(timeout=self.timeout_s)
@@ -253,3 +277,4 @@ class FailClosed:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.pipeline.close()

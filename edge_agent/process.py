@@ -127,12 +127,24 @@ def process_file(models: Models, source: Path, output: Path, progress: bool = Tr
         writer_thread.start()
         try:
             with tqdm(total=total, unit="frame", disable=not progress, desc=source.name) as bar:
-                while (frame := decoded.get()) is not None:
-                    out, _ = guard.filter_array(frame.image)
+
+                def emit(frame: Frame, detections) -> None:
+                    nonlocal frames
+                    out, _ = guard.filter_array(frame.image, detections)
                     filtered.put(Frame(out, frame.pts, frame.time_base))
                     stats.frame_published()
                     frames += 1
                     bar.update()
+
+                # each frame's detection starts while the frame before it is filtered
+                ahead = None
+                while (frame := decoded.get()) is not None:
+                    nxt = (frame, guard.pipeline.detect_ahead(frame.image))
+                    if ahead is not None:
+                        emit(*ahead)
+                    ahead = nxt
+                if ahead is not None:
+                    emit(*ahead)
         finally:
             stop.set()
             while reader_thread.is_alive():  # unblock a reader waiting on a full queue

@@ -7,7 +7,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-STAGES = ("detect", "track", "recognise", "anonymize", "encode", "total")
+STAGES = ("detect", "detect_wait", "track", "recognise", "anonymize", "encode", "total")  # detect_wait: a file's look-ahead detection not yet done when its frame is filtered
 COUNTERS = (
     "frames_in",  # frames taken from the source for filtering
     "frames_out",  # filtered frames published

@@ -74,6 +74,41 @@ def test_detector_or_recogniser_fault_gives_redacted_frame(stage, mode, make_con
     guard.close()
 
 
+@pytest.mark.parametrize("mode", ["raise", "stall"])
+def test_lookahead_detection_fault_gives_redacted_frame(mode, make_config, photo):
+    """A file's look-ahead detection (started while the frame before is filtered) that fails or
+    stalls redacts its frame like an inline one; the next frame is filtered normally."""
+    config = make_config(pipeline={"frame_timeout_ms": 300})
+    models = Models(config)
+    real = models.detector
+    models.detector = Faulty(real, "detect", mode)
+    stats = CameraStats("t")
+    guard = _guard(config, models, stats)
+    out, redacted = guard.filter_array(photo.copy(), guard.pipeline.detect_ahead(photo.copy()))
+    assert redacted and _fully_redacted(out)
+    models.detector.release.set()
+    guard.pipeline.detector = real
+    deadline = time.monotonic() + 30
+    while guard.stalled_for() > 0 and time.monotonic() < deadline:  # the stalled filter finishes
+        time.sleep(0.05)
+    clean = photo.copy()
+    out, redacted = guard.filter_array(clean, guard.pipeline.detect_ahead(photo.copy()))
+    assert not redacted and not np.array_equal(out, photo)  # both faces anonymized, not blanked
+    guard.close()
+
+
+def test_lookahead_detection_is_the_inline_detection(make_config, photo):
+    models = Models(make_config())
+    guard = _guard(None, models, CameraStats("t"))
+    ahead = guard.pipeline.detect_ahead(photo.copy()).result(timeout=30)
+    inline = models.detector.detect(photo.copy())
+    assert len(ahead) == len(inline) == 2
+    for a, b in zip(ahead, inline):
+        np.testing.assert_array_equal(a.box, b.box)
+        np.testing.assert_array_equal(a.landmarks, b.landmarks)
+    guard.close()
+
+
 def test_anonymizer_fault_falls_back_per_face(make_config, photo, face_models):
     detector, _ = face_models
     config = make_config()
