@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
-from edge_agent.anonymize.donor import BANK_SIDE, DonorBank
-from model_export.anonymizer.donor_bank import MAX_YAW, pack
+from edge_agent.align import template
+from edge_agent.anonymize.diffusion import MARGIN
+from edge_agent.anonymize.donor import BANK_SIDE, BIG_SIDE, DonorBank
+from model_export.anonymizer.donor_bank import MAX_YAW, pack, spread
 from model_export.anonymizer.pose_direction import fit
 
 
@@ -23,15 +26,21 @@ def test_turn_direction_is_recovered_from_noisy_yaw():
 
 
 def _synth_run(root, first: int, yaw: list[float], score: list[float], meta: str):
-    """A synth directory of one chunk with plain-coloured 128 px crops (what ``synth`` writes)."""
-    root.mkdir()
+    """A synth directory of one chunk with plain-coloured 128 px crops and 512 px generator
+    images of the same colour (what ``synth`` writes)."""
+    (root / "raw").mkdir(parents=True)
     n = len(yaw)
     rng = np.random.default_rng(first)
-    crops = rng.integers(60, 200, (n, 1, 1, 3)).astype(np.uint8) * np.ones((1, BANK_SIDE, BANK_SIDE, 1), np.uint8)
+    colours = rng.integers(60, 200, (n, 1, 1, 3)).astype(np.uint8)
+    crops = colours * np.ones((1, BANK_SIDE, BANK_SIDE, 1), np.uint8)
     lm = np.tile(np.array([[44, 56], [84, 56], [64, 76], [48, 96], [80, 96]], np.float32), (n, 1, 1))
+    src = np.tile(np.array([[200, 230], [312, 230], [256, 290], [215, 350], [297, 350]], np.float32), (n, 1, 1))
+    for k in range(n):
+        cv2.imwrite(str(root / "raw" / f"{first + k:06d}.jpg"), colours[k] * np.ones((512, 512, 1), np.uint8))
     np.savez(root / "chunk_0000.npz", index=np.arange(first, first + n), score=np.array(score, np.float32),
              yaw=np.array(yaw, np.float32), pitch=np.full(n, 0.55, np.float32), tone=np.tile(np.float32([60, 10, 15, 8]), (n, 1)),
-             crop128=crops, landmarks128=lm, missing=np.zeros(0, np.int64))
+             crop128=crops, landmarks128=lm, box=np.tile(np.float32([150, 150, 362, 420]), (n, 1)), landmarks_src=src,
+             missing=np.zeros(0, np.int64))
     (root / "meta.txt").write_text(meta + "\n")
     return root
 
@@ -42,7 +51,7 @@ def test_pack_joins_plain_and_turned_runs(tmp_path):
     turned = _synth_run(tmp_path / "turned", 100000, [0.4, 0.6, 0.8, MAX_YAW + 0.2, 0.5, 0.45, 0.7, 0.35], [0.9] * 8,
                         "seed=9 psi=0.7 first=100000 turned")
     out = tmp_path / "bank.npz"
-    pack([plain, turned], out)
+    pack([plain, turned], out, big=4)
     with np.load(out, allow_pickle=False) as z:
         index, yaw, source = z["index"], z["yaw"], str(z["source"])
     # index % 8 == 7 is held out; score < 0.8 and |yaw| > MAX_YAW are left out
@@ -54,6 +63,36 @@ def test_pack_joins_plain_and_turned_runs(tmp_path):
     assert crop.shape == (BANK_SIDE, BANK_SIDE, 3)
     turned_left = bank.nearest(-0.7, 0.55, np.float32([60, 10, 15]), k=1)[0]
     assert turned_left >= bank.size and bank.pose[turned_left, 0] < -0.6, "the mirror of a turned donor serves the other side"
+    # four donors also at 256 px, cut from their own generator image (same colour as their crop)
+    big = [i for i in range(bank.size) if bank.has_big(i)]
+    assert len(big) == 4
+    for i in big:
+        crop, lm = bank.donor(i, big=True)
+        small, _ = bank.donor(i)
+        assert crop.shape == (BIG_SIDE, BIG_SIDE, 3)
+        np.testing.assert_allclose(lm, template(BIG_SIDE, MARGIN), atol=3)  # aligned like every crop
+        assert np.abs(crop.reshape(-1, 3).mean(0) - small.reshape(-1, 3).mean(0)).max() < 3
+    near = bank.nearest(0.0, 0.55, np.float32([60, 10, 15]), k=3, big=True)
+    assert all(bank.has_big(i) for i in near), "a close-up picks among the donors with a 256 px crop"
+    assert bank.donor(next(i for i in range(bank.size) if not bank.has_big(i)), big=True)[0].shape[0] == BANK_SIDE
+
+
+def test_spread_reaches_every_corner():
+    """Farthest-point sampling: the extremes of each axis are among the first picks."""
+    rng = np.random.default_rng(1)
+    feats = rng.standard_normal((500, 3))
+    picked = spread(feats, 12)
+    assert len(set(picked.tolist())) == 12
+    for axis in range(3):
+        assert int(np.argmax(feats[:, axis])) in picked or int(np.argmin(feats[:, axis])) in picked
+
+
+def test_pack_refuses_a_missing_generator_image(tmp_path):
+    run = _synth_run(tmp_path / "a", 0, [0.0] * 4, [0.9] * 4, "seed=9 psi=0.7")
+    for f in (run / "raw").iterdir():
+        f.unlink()
+    with pytest.raises(SystemExit, match="is missing"):
+        pack([run], tmp_path / "bank.npz", big=2)
 
 
 def test_pack_refuses_runs_that_share_indices(tmp_path):

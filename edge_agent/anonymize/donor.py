@@ -17,7 +17,8 @@ invent on a CPU. Per face (numpy / OpenCV only):
 3. **Warp**: the donor's aligned crop is warped onto the stranger's 5 landmarks in template space:
    an affine fit for small faces, a thin-plate spline for large ones (eyes, nose and mouth land on
    the stranger's own). Crop side per size class (:data:`SIZE_CLASSES`): 64 px under
-   ``SMALL_FACE_PX``, else 128 px, resampled once into the frame.
+   ``SMALL_FACE_PX``, 256 px from ``LARGE_FACE_PX`` (for the donors the bank holds at 256 px: a
+   close-up's track picks among those), else 128 px, resampled once into the frame.
 4. **Scene**: the donor takes the stranger's colour means and luminance spread (brightness, colour
    cast, contrast; smoothed per track, so no flicker), the stranger's shading at a scale set by the
    *degree* knob, then the frame's blur and noise (matched in frame pixels, where they are seen).
@@ -55,8 +56,11 @@ from edge_agent.faces import Face
 
 BANK = Path(__file__).resolve().parent.parent / "assets" / "donor_bank.npz"
 BANK_SIDE = 128  # aligned crop side of the packed donors
-SMALL_FACE_PX = 56.0  # narrower faces are rendered from a 64 px crop, wider ones from 128 px
-SIZE_CLASSES = (64, 128)
+BIG_SIDE = 256  # ...and of the close-up crops the bank holds for some of them
+SMALL_FACE_PX = 56.0  # narrower faces are rendered from a 64 px crop, wider ones from 128 px...
+LARGE_FACE_PX = 160.0  # ...and from 256 px from this width (a 128 px crop would be enlarged 1.4x and more)
+SIZE_CLASSES = (64, BANK_SIDE, BIG_SIDE)
+BIG_CACHE = 64  # decoded close-up donors kept (256 KB each)
 PASTE_REACH = (0.9, 0.85, 1.12)  # paste ellipse: brow and chin in eye-to-mouth spans, half width in eye distances
 NEAREST = 12  # donors close in pose and tone among which the track's seed picks
 POSE_SCALE = np.array([0.08, 0.06], np.float32)  # yaw, pitch units: a "close" pose
@@ -150,7 +154,7 @@ def forehead_cover(crop: np.ndarray) -> float:
     return float(not_skin(crop, band)[band].mean())
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=3)
 def rim_bands(size: int) -> np.ndarray:
     """The paste's top and bottom (template space): the forehead from ``HAIR_BAND`` eye-to-mouth
     spans above the eyes up, and from ``CHIN_BAND`` spans below the mouth down, where a donor's
@@ -287,7 +291,8 @@ _CLEAR_FOREHEAD: dict[str, np.ndarray] = {}  # bank sha256 -> per donor: 1 may b
 
 
 class DonorBank:
-    """The packed synthetic faces: descriptors in memory, crops decoded on first use."""
+    """The packed synthetic faces: descriptors in memory, crops decoded on first use. Some donors
+    also have a 256 px crop (``big``), drawn for close-ups instead of enlarging the 128 px one."""
 
     def __init__(self, path: str | Path = BANK) -> None:
         path = Path(path)
@@ -298,22 +303,38 @@ class DonorBank:
             self.jpeg, self.offsets = z["jpeg"], z["offsets"]
             self.landmarks = z["landmarks"].astype(np.float32)
             yaw, pitch, tone = z["yaw"], z["pitch"], z["tone"][:, :3]
+            big = z["big"].astype(np.int64) if "big" in z.files else np.zeros(0, np.int64)
+            if len(big):
+                self.jpeg_big, self.offsets_big = z["jpeg_big"], z["offsets_big"]
+                self.landmarks_big = z["landmarks_big"].astype(np.float32)
         n = len(self.landmarks)
         if n < 2 or len(self.offsets) != n + 1:
             raise ValueError(f"{path}: malformed donor bank")
+        if len(big) and (big.min() < 0 or big.max() >= n or len(self.offsets_big) != len(big) + 1 or len(self.landmarks_big) != len(big)):
+            raise ValueError(f"{path}: malformed close-up crops")
         # every donor twice: as generated and mirrored (yaw negated, same pitch and tone)
         self.pose = np.concatenate([np.stack([yaw, pitch], 1), np.stack([-yaw, pitch], 1)]).astype(np.float32)
         self.tone = np.concatenate([tone, tone]).astype(np.float32)
         self.size = n
+        self._big = np.full(n, -1, np.int64)  # donor -> its row among the close-up crops
+        self._big[big] = np.arange(len(big))
         self._decoded: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._decoded_big: OrderedDict[int, np.ndarray] = OrderedDict()
         self._clear = _CLEAR_FOREHEAD.setdefault(self.sha256, np.full(n, -1, np.int8))
 
-    def nearest(self, yaw: float, pitch: float, tone: np.ndarray, k: int = NEAREST) -> np.ndarray:
+    def has_big(self, i: int) -> bool:
+        """Does donor ``i`` have a 256 px crop?"""
+        return bool(self._big[int(i) % self.size] >= 0)
+
+    def nearest(self, yaw: float, pitch: float, tone: np.ndarray, k: int = NEAREST, big: bool = False) -> np.ndarray:
         """Indices (``>= size``: mirrored) of the ``k`` donors closest in pose and skin tone, among
-        those that may be chosen (:meth:`clear`; a bank with fewer such donors: among all)."""
+        those that may be chosen (:meth:`clear`; a bank with fewer such donors: among all).
+        ``big``: among those with a 256 px crop, when the bank has any (a close-up)."""
         d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + (((self.tone - tone[:3]) / TONE_SCALE) ** 2).sum(1)
+        if big and (self._big >= 0).any():
+            d = np.where(np.tile(self._big >= 0, 2), d, np.inf)
         order = np.argsort(d, kind="stable")
-        picked = list(islice((i for i in order if self.clear(i)), k))
+        picked = list(islice((i for i in order if np.isfinite(d[i]) and self.clear(i)), k))
         return np.array(picked if len(picked) == min(k, len(order)) else order[:k])
 
     def clear(self, i: int) -> bool:
@@ -326,35 +347,43 @@ class DonorBank:
             self._clear[base] = int(small is not None and forehead_cover(small) <= FOREHEAD_MAX)
         return bool(self._clear[base])
 
-    def _decode(self, base: int) -> np.ndarray:
+    def _decode(self, data: np.ndarray, side: int, what: str) -> np.ndarray:
         """BGRA: the crop, and what of its paste is not its face (:func:`off_face`) as alpha."""
-        crop = cv2.imdecode(self.jpeg[self.offsets[base]:self.offsets[base + 1]], cv2.IMREAD_COLOR)
-        if crop is None or crop.shape != (BANK_SIDE, BANK_SIDE, 3):
-            raise ValueError(f"donor {base} does not decode")
+        crop = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        if crop is None or crop.shape != (side, side, 3):
+            raise ValueError(f"{what} does not decode")
         return np.dstack([crop, off_face(crop).astype(np.uint8) * 255])
 
-    def _entry(self, i: int) -> np.ndarray:
+    def _entry(self, i: int, big: bool) -> np.ndarray:
         base = int(i) % self.size
-        entry = self._decoded.get(base)
+        row = int(self._big[base]) if big else -1
+        cache, limit = (self._decoded_big, BIG_CACHE) if row >= 0 else (self._decoded, 256)
+        entry = cache.get(base)
         if entry is None:
-            entry = self._decode(base)
-            self._decoded[base] = entry
-            while len(self._decoded) > 256:
-                self._decoded.popitem(last=False)
+            if row >= 0:
+                entry = self._decode(self.jpeg_big[self.offsets_big[row]:self.offsets_big[row + 1]], BIG_SIDE, f"close-up donor {base}")
+            else:
+                entry = self._decode(self.jpeg[self.offsets[base]:self.offsets[base + 1]], BANK_SIDE, f"donor {base}")
+            cache[base] = entry
+            while len(cache) > limit:
+                cache.popitem(last=False)
         return entry if i < self.size else entry[:, ::-1]
 
-    def donor(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(BGR uint8 [128, 128, 3], landmarks [5, 2]) of donor ``i`` (mirrored when >= size)."""
-        lm = self.landmarks[int(i) % self.size]
+    def donor(self, i: int, big: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(BGR uint8 [side, side, 3], landmarks [5, 2]) of donor ``i`` (mirrored when >= size):
+        its 256 px crop when ``big`` and it has one, else its 128 px crop."""
+        base = int(i) % self.size
+        row = int(self._big[base]) if big else -1
+        lm, side = (self.landmarks_big[row], BIG_SIDE) if row >= 0 else (self.landmarks[base], BANK_SIDE)
         if i >= self.size:
-            lm = np.stack([BANK_SIDE - 1 - lm[:, 0], lm[:, 1]], 1)[list(MIRROR)]
-        return np.ascontiguousarray(self._entry(i)[..., :3]), lm.astype(np.float32)
+            lm = np.stack([side - 1 - lm[:, 0], lm[:, 1]], 1)[list(MIRROR)]
+        return np.ascontiguousarray(self._entry(i, big)[..., :3]), lm.astype(np.float32)
 
-    def off_face(self, i: int) -> np.ndarray:
-        """uint8 [128, 128] (255: not its face) over donor ``i``'s forehead and under its chin: what
-        the paste leaves out (:func:`without_off_face`; the bands are symmetric, so a mirror's is
-        mirrored)."""
-        return np.ascontiguousarray(self._entry(i)[..., 3])
+    def off_face(self, i: int, big: bool = False) -> np.ndarray:
+        """uint8 [side, side] (255: not its face) over donor ``i``'s forehead and under its chin,
+        the crop :meth:`donor` gives: what the paste leaves out (:func:`without_off_face`; the
+        bands are symmetric, so a mirror's is mirrored)."""
+        return np.ascontiguousarray(self._entry(i, big)[..., 3])
 
 
 # -- appearance -------------------------------------------------------------------------------
@@ -683,11 +712,10 @@ class DonorAnonymizer(TrackedAnonymizer):
         if self.budget_ms is not None and self._frame_renders > 0 and self._spent_ms() > self.budget_ms:
             self.stats["over_budget"] += 1
             raise BudgetExceeded("donor budget for this frame is spent")
-        size = crop_size(face)
         scene = self.original(frame)
-        crop, _, _ = aligned_crop(scene, face, size)
+        crop, _, _ = aligned_crop(scene, face, min(crop_size(face), BANK_SIDE))
         yaw, pitch = pose(face.landmarks)
-        near = self.bank.nearest(yaw, pitch, appearance(crop))
+        near = self.bank.nearest(yaw, pitch, appearance(crop), big=face.width >= LARGE_FACE_PX)
         rng = np.random.default_rng(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
         order = rng.permutation(len(near))
         track = _Track(donor=int(near[order[0]]), safe=self.check is None)
@@ -724,13 +752,16 @@ class DonorAnonymizer(TrackedAnonymizer):
         """Warp the track's donor onto ``face``, match the scene, paste (in place). ``person``: the
         face's embedding before the paste, when the caller already has it."""
         size = crop_size(face)
+        big = size == BIG_SIDE and self.bank.has_big(track.donor)
+        if size == BIG_SIDE and not big:
+            size = BANK_SIDE  # its donor has no close-up crop: enlarged in the frame, as before
         scene = self.original(frame)
         crop, matrix, crop_lm = aligned_crop(scene, face, size)
-        donor, donor_lm = self.bank.donor(track.donor)
+        donor, donor_lm = self.bank.donor(track.donor, big)
         # what of the donor is not its face (a 4th channel) travels with it through the warp
-        donor = np.dstack([donor, self.bank.off_face(track.donor)])
-        scale = size / BANK_SIDE
-        if size != BANK_SIDE:
+        donor = np.dstack([donor, self.bank.off_face(track.donor, big)])
+        scale = size / donor.shape[0]
+        if size != donor.shape[0]:
             donor = cv2.resize(donor, (size, size), interpolation=cv2.INTER_AREA)
         donor_lm = donor_lm * scale
         target = target_landmarks(crop_lm, donor_lm, self.degree)
@@ -828,7 +859,7 @@ def target_landmarks(crop_lm: np.ndarray, donor_lm: np.ndarray, degree: float) -
 
 
 def crop_size(face: Face) -> int:
-    return SIZE_CLASSES[0] if face.width < SMALL_FACE_PX else SIZE_CLASSES[1]
+    return SIZE_CLASSES[0] if face.width < SMALL_FACE_PX else SIZE_CLASSES[2] if face.width >= LARGE_FACE_PX else SIZE_CLASSES[1]
 
 
 def head_face(face: Face, grow: float = 1.15) -> Face:

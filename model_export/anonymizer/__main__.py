@@ -33,6 +33,7 @@ def main(argv=None) -> None:
                    help="synth runs to pack (the plain faces and the turned ones)")
     a.add_argument("--out", type=Path, default=Path("edge_agent/assets/donor_bank.npz"))
     a.add_argument("--limit", type=int, default=0, help="at most this many donors (0 = all)")
+    a.add_argument("--big", type=int, default=None, help="donors also packed at 256 px for close-ups (default: donor_bank.BIG)")
     a.add_argument("--grid", type=Path, default=Path("reports/anonymizer/donor_bank_grid.png"), help="contact sheet of the first donors")
 
     a = sub.add_parser("train-teacher", help="train (or resume) the multi-step teacher")
@@ -183,9 +184,9 @@ def main(argv=None) -> None:
         synth(args.n, args.seed, args.out, args.psi, args.gen_python, first=args.first,
               turn=(args.turn, *args.shift) if args.turn else None)
     elif args.cmd == "donor-bank":
-        from model_export.anonymizer.donor_bank import grid, pack
+        from model_export.anonymizer.donor_bank import BIG, grid, pack
 
-        pack(args.synth, args.out, args.limit)
+        pack(args.synth, args.out, args.limit, BIG if args.big is None else args.big)
         grid(args.out, args.grid)
     elif args.cmd == "train-teacher":
         from model_export.anonymizer.teacher import train_teacher

@@ -2,9 +2,9 @@
 
     python -m model_export.anonymizer --threads 1 classifier-probe --shared $SHARED
 
-Prints, for the donor as deployed (d=1) and for variants of its head-region blur, the
-classifier's accuracy on the colour photos and on held-out synthetic faces (64-200 px, full and
-half light), its accuracy per feature group (HOG; L*a*b* cell means; L* cell spread) and the
+Prints, for the donor as deployed (d=1) and for variants of its head-region blur and of the
+paste's shape, the classifier's accuracy on the colour photos and on held-out synthetic faces
+(64-200 px, full and half light), its accuracy per feature group (HOG; L*a*b* cell means; L* cell spread) and the
 project recogniser's re-ID over held-out LFW identities (the blur is what hides the stranger's
 face outline, so a variant that helps the classifier must also keep re-ID). ``self`` pastes each
 synthetic face's *own* aligned crop through the same pipeline: what is left is the compositing.
@@ -26,8 +26,13 @@ from model_export.anonymizer import realism
 SIZES = (64, 128, 200)
 GAINS = (1.0, 0.5)
 BLUR_FLOOR = 0.001  # share of the head: the blurs fall to their 1.2 px floor
+FLOOR = {"STRONG_BLUR": BLUR_FLOOR, "LIGHT_BLUR": BLUR_FLOOR}
+# the paste a third wider (cheek to cheek past the face's outline, which it then redraws) with a
+# feather half as wide: what the stranger's blurred outline gave away is the donor's now
+WIDE = {"PASTE_REACH": (1.0, 0.95, 1.3), "FEATHER": 0.12}
 VARIANTS = {"deployed": {}, "half the strong blur": {"STRONG_BLUR": donor_mod.STRONG_BLUR / 2},
-            "blur at its floor": {"STRONG_BLUR": BLUR_FLOOR, "LIGHT_BLUR": BLUR_FLOOR}}
+            "blur at its floor": FLOOR, "wide paste, blur at its floor": {**WIDE, **FLOOR}}
+_CACHED = (donor_mod.paste_masks, donor_mod.forehead_band, donor_mod.rim_bands)  # depend on the paste's shape
 
 
 class _AnyHog:
@@ -92,13 +97,13 @@ def probe(args) -> None:
     from model_export.anonymizer.data import yunet_path
 
     det = YuNet(yunet_path(args.shared), threads=args.threads)
-    deployed = {k: getattr(donor_mod, k) for k in ("STRONG_BLUR", "LIGHT_BLUR")}
+    deployed = {k: getattr(donor_mod, k) for setting in VARIANTS.values() for k in setting}
     try:
         for name, setting in VARIANTS.items():
-            for k, v in {**deployed, **setting}.items():
-                setattr(donor_mod, k, v)
+            _set({**deployed, **setting})
             anon = DonorAnonymizer(args.bank, degree=1.0, budget_ms=None, frame_budget_ms=None)
-            print(f"{name} (strong blur {donor_mod.STRONG_BLUR:.4f}, light blur {donor_mod.LIGHT_BLUR:.4f} of the head):")
+            print(f"{name} (strong blur {donor_mod.STRONG_BLUR:.4f}, light blur {donor_mod.LIGHT_BLUR:.4f} of the head, "
+                  f"paste reach {donor_mod.PASTE_REACH}, feather {donor_mod.FEATHER}):")
             print(_line("colour photos", realism.photo_records(args.shared, {"d": anon}, det, _AnyHog())["d"]))
             print(_line("synthetic", _synthetic(args, anon, det, own=False)))
             print(_line("synthetic, own face pasted", _synthetic(args, anon, det, own=True)))
@@ -107,5 +112,13 @@ def probe(args) -> None:
                                        cache=args.cache, dlib_probes=args.dlib_probes)
                 realism.reid_rows(reid, {name: anon}, det)
     finally:
-        for k, v in deployed.items():
-            setattr(donor_mod, k, v)
+        _set(deployed)
+
+
+def _set(values: dict) -> None:
+    """Set the donor module's constants (and drop the masks cached for the old paste shape)."""
+    for k, v in values.items():
+        setattr(donor_mod, k, v)
+    for f in _CACHED:
+        f.cache_clear()
+    donor_mod._CLEAR_FOREHEAD.clear()

@@ -3,8 +3,10 @@
 ``python -m model_export.anonymizer donor-bank --synth data/anonymizer/synth data/anonymizer/synth_turned
 --out edge_agent/assets/donor_bank.npz`` keeps every face that is not held out for evaluation,
 whose detection is confident and whose yaw proxy is at most ``MAX_YAW``, and stores it as a JPEG (128 px aligned crop) plus its landmarks
-and descriptors. No pickled objects: the JPEGs are one byte array with offsets, so the agent
-reads the file with ``allow_pickle=False``.
+and descriptors. ``BIG`` of them, spread over pose and skin tone (farthest-point sampling), also
+get a 256 px crop, aligned from the generator's image (``raw/`` of their synth run): close-ups are
+drawn from it instead of from the 128 px crop enlarged 2-3x. No pickled objects: the JPEGs are one
+byte array with offsets, so the agent reads the file with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -16,11 +18,48 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from edge_agent.anonymize.diffusion import aligned_crop
+from edge_agent.anonymize.donor import BIG_SIDE, FOREHEAD_MAX, POSE_SCALE, TONE_SCALE, forehead_cover
+from edge_agent.faces import Face
 from model_export.anonymizer.synth import load
 
 MIN_SCORE = 0.8
 MAX_YAW = 0.9  # past it the generator's turned faces come out doubled or smeared (seen in the turned run)
 JPEG_QUALITY = 85
+BIG = 320  # donors that also get a 256 px crop (~13 kB each)
+
+
+def spread(features: np.ndarray, n: int) -> np.ndarray:
+    """Indices of ``n`` rows of ``features`` spread over their space: farthest-point sampling from
+    the row nearest the median (deterministic), so that every donor has one of them close by."""
+    n = min(n, len(features))
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    picked = [int(np.argmin(((features - np.median(features, 0)) ** 2).sum(1)))]
+    dist = ((features - features[picked[0]]) ** 2).sum(1)
+    while len(picked) < n:
+        i = int(np.argmax(dist))
+        picked.append(i)
+        dist = np.minimum(dist, ((features - features[i]) ** 2).sum(1))
+    return np.sort(np.array(picked, np.int64))
+
+
+def big_crops(data: dict, rows: np.ndarray, raws: list[Path]) -> tuple[list[np.ndarray], np.ndarray]:
+    """256 px aligned crops (JPEG bytes) and their landmarks for ``rows`` of ``data``, from each
+    face's generator image (``raws[data['run'][row]]``), aligned with its detection as ``synth`` did."""
+    blobs, lms = [], []
+    for i in tqdm(rows, desc="donor bank: close-up crops", unit="face"):
+        path = raws[data["run"][i]] / f"{int(data['index'][i]):06d}.jpg"
+        img = cv2.imread(str(path))
+        if img is None:
+            raise SystemExit(f"edge-agent: error: {path} is missing (the close-up crops are cut from the synth run's images)")
+        crop, _, lm = aligned_crop(img, Face(data["box"][i], data["landmarks_src"][i], 1.0), BIG_SIDE)
+        ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise ValueError(f"could not encode face {data['index'][i]}")
+        blobs.append(buf.ravel())
+        lms.append(lm)
+    return blobs, np.array(lms, np.float32).reshape(-1, 5, 2)
 
 
 def grid(bank: Path, out: Path, rows: int = 4, cols: int = 12, side: int = 80) -> None:
@@ -35,10 +74,12 @@ def grid(bank: Path, out: Path, rows: int = 4, cols: int = 12, side: int = 80) -
     cv2.imwrite(str(out), sheet)
 
 
-def pack(synth_dirs: list[Path], out: Path, limit: int = 0) -> str:
-    """Write the bank from one or more ``synth`` runs (e.g. the plain faces and the turned ones);
-    returns its sha256."""
+def pack(synth_dirs: list[Path], out: Path, limit: int = 0, big: int = BIG) -> str:
+    """Write the bank from one or more ``synth`` runs (e.g. the plain faces and the turned ones),
+    ``big`` of its donors also at 256 px; returns its sha256."""
     runs = [load(d, heldout=False) for d in synth_dirs]
+    for k, r in enumerate(runs):
+        r["run"] = np.full(len(r["index"]), k)
     data = {k: np.concatenate([r[k] for r in runs]) for k in runs[0]}
     if len(np.unique(data["index"])) != len(data["index"]):
         raise SystemExit("edge-agent: error: the synth runs share generator indices (give each its own --first)")
@@ -52,6 +93,13 @@ def pack(synth_dirs: list[Path], out: Path, limit: int = 0) -> str:
             raise ValueError(f"could not encode face {data['index'][i]}")
         blobs.append(buf.ravel())
         offsets.append(offsets[-1] + buf.size)
+    # the close-ups: among the donors the agent may choose (the same half-size forehead scan as
+    # DonorBank.clear), spread over |yaw| (mirrors give the other side), pitch and skin tone
+    usable = np.array([forehead_cover(cv2.imdecode(b, cv2.IMREAD_REDUCED_COLOR_2)) <= FOREHEAD_MAX for b in blobs], bool)
+    feats = np.concatenate([np.stack([np.abs(data["yaw"][keep]), data["pitch"][keep]], 1) / POSE_SCALE,
+                            data["tone"][keep][:, :3] / TONE_SCALE], 1)
+    chosen = np.nonzero(usable)[0][spread(feats[usable], big)]
+    big_blobs, big_lm = big_crops(data, keep[chosen], [Path(d) / "raw" for d in synth_dirs]) if len(chosen) else ([], np.zeros((0, 5, 2), np.float32))
     meta = "; ".join((Path(d) / "meta.txt").read_text().strip() for d in synth_dirs)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -65,9 +113,13 @@ def pack(synth_dirs: list[Path], out: Path, limit: int = 0) -> str:
         pitch=data["pitch"][keep].astype(np.float32),
         tone=data["tone"][keep].astype(np.float32),
         index=data["index"][keep].astype(np.int32),
-        source=np.array(f"MobileStyleGAN (random-face 2021.7.21.1) {meta}, crop 128 margin 0.25"),
+        big=chosen.astype(np.int32),
+        jpeg_big=np.concatenate(big_blobs).astype(np.uint8) if big_blobs else np.zeros(0, np.uint8),
+        offsets_big=np.cumsum([0] + [b.size for b in big_blobs]).astype(np.int64),
+        landmarks_big=big_lm,
+        source=np.array(f"MobileStyleGAN (random-face 2021.7.21.1) {meta}, crop 128 margin 0.25, {len(chosen)} also at {BIG_SIDE}"),
     )
     tmp.rename(out)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    print(f"donor bank: {len(keep)} faces, {out.stat().st_size / 1e6:.2f} MB, sha256 {digest}")
+    print(f"donor bank: {len(keep)} faces ({len(chosen)} also at {BIG_SIDE} px), {out.stat().st_size / 1e6:.2f} MB, sha256 {digest}")
     return digest

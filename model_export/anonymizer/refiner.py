@@ -66,10 +66,13 @@ class _OneDonor:
     def __init__(self, crop: np.ndarray, landmarks: np.ndarray) -> None:
         self.crop, self.landmarks = crop, landmarks
 
-    def donor(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def has_big(self, i: int) -> bool:
+        return False
+
+    def donor(self, i: int, big: bool = False) -> tuple[np.ndarray, np.ndarray]:
         return self.crop, self.landmarks
 
-    def off_face(self, i: int) -> np.ndarray:
+    def off_face(self, i: int, big: bool = False) -> np.ndarray:
         return off_face(self.crop).astype(np.uint8) * 255
 
 
