@@ -100,6 +100,42 @@ def test_a_donor_s_forehead_hair_is_not_pasted_onto_a_bare_forehead(models):
     assert np.mean(pasted) > 0.05 and np.mean(faded) < np.mean(pasted) / 3, (faded, pasted)
 
 
+def test_a_donor_s_background_beside_its_cheek_is_not_pasted(models):
+    """A donor turned more than the stranger, or narrower in the face, has its background beside
+    its cheek inside the paste: pasted, it read as a white, green or orange crescent on the
+    stranger's jaw (seen on 300 px synthetic close-ups). It is faded out like a fringe. A donor
+    with saturated green painted beside its cheeks leaves a quarter of the green or less of what
+    pasting it whole leaves."""
+    from edge_agent.anonymize.donor import _Track, eyes_and_span, off_face, paste_ellipse
+
+    _, _, photos = models
+    img, face = photos[0]
+    anon = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)
+    crop, lm = anon.bank.donor(int(anon.bank.nearest(0.0, 0.0, np.float32([65, 12, 16]), k=1)[0]))
+    size = crop.shape[0]
+    (cx, cy), (ax, ay) = paste_ellipse(size)
+    eyes_y, _ = eyes_and_span(size)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    beside = (((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1.0) & (yy > eyes_y) & (np.abs(xx - cx) > 0.8 * ax)
+    painted = crop.copy()
+    painted[beside] = (40, 200, 40)
+
+    def green(image):
+        x1, y1, x2, y2 = (int(v) for v in face.box)
+        b, g, r = (image[y1:y2, x1:x2].astype(int)[..., k] for k in range(3))
+        return float((g - np.maximum(b, r) > 60).mean())
+
+    shares = {}
+    for name, mask in (("faded", off_face(painted).astype(np.uint8) * 255), ("whole", np.zeros((size, size), np.uint8))):
+        anon.bank.donor = lambda i, big=False: (painted, lm)
+        anon.bank.off_face = lambda i, big=False, mask=mask: mask
+        out = img.copy()
+        anon.render(out, face, _Track(donor=0), 1)
+        shares[name] = green(out)
+    assert green(img) < 0.001
+    assert shares["whole"] > 0.005 and shares["faded"] <= shares["whole"] / 4, shares
+
+
 def test_donor_face_is_another_person_for_both_recognisers(models, anon):
     _, emb, photos = models
     dlib_check = None

@@ -26,8 +26,9 @@ invent on a CPU. Per face (numpy / OpenCV only):
    new face, lightly over hair and ears, fading out at the ellipse's rim so no oval shows) and
    given grain where the blur took texture away (:func:`with_grain`), then the donor face is
    blended in two bands: its coarse shading over a wide feather, its fine detail over a narrow
-   one. A donor's hair on its upper forehead, and its neck or collar under its chin, are left out
-   of the paste (:func:`without_off_face`): the stranger's blurred head shows there. Every pixel
+   one. A donor's hair on its upper forehead, its neck or collar under its chin and its
+   background beside its cheeks are left out of the paste (:func:`without_off_face`): the
+   stranger's blurred head shows there. Every pixel
    of the face is new or strongly blurred.
 
 Any problem raises, and the pipeline falls back to classical redaction (fail closed).
@@ -88,7 +89,8 @@ FOREHEAD_MAX = 0.5  # ...a donor with more than this share of it hair or headwea
 HAIR_DL, HAIR_DAB = 15.0, 12.0  # L* darker than the donor's skin, or a*b* this far from it: not skin
 OFF_FACE_FADE = 32  # the paste fades out over a donor's hair, collar or background with a blur of the crop side / this...
 HAIR_BAND = 0.45  # ...from this many eye-to-mouth spans above the eyes up (the eyebrows lie below)...
-CHIN_BAND = 0.5  # ...and from this many below the mouth down (the lower chin and under it)
+CHIN_BAND = 0.5  # ...from this many below the mouth down (the lower chin and under it)...
+SIDE_BAND = 0.6  # ...and, below the eyes, past this share of the paste's half width (beside the cheeks)
 FEATHER = 0.25  # the paste's feather, in ellipse radii: coarse shading meets the frame over it...
 DETAIL_FEATHER = 0.08  # ...fine detail over this much (two-band blend, :func:`paste`)
 DETAIL_SIGMA = 1.5  # frame px: the split between the fine band and the coarse one
@@ -137,14 +139,17 @@ def forehead_band(size: int, low: float = FOREHEAD_BAND) -> np.ndarray:
     return (((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1.0) & (yy < eyes_y - low * span)
 
 
-def not_skin(crop: np.ndarray, region: np.ndarray) -> np.ndarray:
+def not_skin(crop: np.ndarray, region: np.ndarray, shade_is_skin: bool = False) -> np.ndarray:
     """Bool mask of ``region`` (an aligned crop's template space) where the crop is not skin:
     darker than its cheeks' L* by ``HAIR_DL`` or ``HAIR_DAB`` away from their a*b* (hair, a cap,
-    a collar, the background; a bald head's highlights stay skin)."""
+    a collar, the background; a bald head's highlights stay skin). ``shade_is_skin``: brighter
+    by ``HAIR_DL`` instead of darker (beside a cheek, where a turned face's shaded side is still
+    its face and a background is as often bright)."""
     tone = appearance(crop)[:3]
     lab = lab_pixels(crop, region)
     out = np.zeros(region.shape, bool)
-    out[region] = (lab[:, 0] < tone[0] - HAIR_DL) | (np.sqrt(((lab[:, 1:] - tone[1:]) ** 2).sum(1)) > HAIR_DAB)
+    lum = lab[:, 0] > tone[0] + HAIR_DL if shade_is_skin else lab[:, 0] < tone[0] - HAIR_DL
+    out[region] = lum | (np.sqrt(((lab[:, 1:] - tone[1:]) ** 2).sum(1)) > HAIR_DAB)
     return out
 
 
@@ -155,29 +160,36 @@ def forehead_cover(crop: np.ndarray) -> float:
 
 
 @lru_cache(maxsize=3)
-def rim_bands(size: int) -> np.ndarray:
-    """The paste's top and bottom (template space): the forehead from ``HAIR_BAND`` eye-to-mouth
-    spans above the eyes up, and from ``CHIN_BAND`` spans below the mouth down, where a donor's
-    fringe, or its neck shadow, collar or background under a chin that sits higher than the
-    stranger's, would be pasted onto the stranger's forehead or chin."""
+def rim_bands(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The paste's (top and bottom, sides) in template space: the forehead from ``HAIR_BAND``
+    eye-to-mouth spans above the eyes up and from ``CHIN_BAND`` spans below the mouth down, where
+    a donor's fringe, or its neck shadow, collar or background under a chin that sits higher than
+    the stranger's, would be pasted onto the stranger's forehead or chin; and below the eyes the
+    outer part of each side (``SIDE_BAND``), where the background beside a cheek narrower or more
+    turned than the stranger's would be pasted onto the stranger's cheek."""
     (cx, cy), (ax, ay) = paste_ellipse(size)
     eyes_y, span = eyes_and_span(size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    chin = (((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1.0) & (yy > eyes_y + (1.0 + CHIN_BAND) * span)
-    return forehead_band(size, HAIR_BAND) | chin
+    inside = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1.0
+    top_bottom = forehead_band(size, HAIR_BAND) | (inside & (yy > eyes_y + (1.0 + CHIN_BAND) * span))
+    sides = inside & (yy > eyes_y) & (np.abs(xx - cx) > SIDE_BAND * ax) & ~top_bottom
+    return top_bottom, sides
 
 
 def off_face(crop: np.ndarray) -> np.ndarray:
-    """Bool mask of an aligned donor crop's :func:`rim_bands` that is not its face (:func:`not_skin`)."""
-    return not_skin(crop, rim_bands(crop.shape[0]))
+    """Bool mask of an aligned donor crop's :func:`rim_bands` that is not its face
+    (:func:`not_skin`; beside the cheeks a shaded cheek is face)."""
+    top_bottom, sides = rim_bands(crop.shape[0])
+    return not_skin(crop, top_bottom) | not_skin(crop, sides, shade_is_skin=True)
 
 
 def without_off_face(alpha: np.ndarray, sharp: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The paste's masks (template space) faded where the warped donor is not its face at the
-    paste's top and bottom (``off``: 0-1, :func:`off_face` warped with the donor): the stranger's
-    blurred head shows there instead. On close-ups a donor's fringe, cut off by the paste's top
-    edge and pasted onto a bare forehead, read as a dark comb of streaks, and a donor's collar
-    under its chin as a coloured patch."""
+    paste's top, bottom and sides (``off``: 0-1, :func:`off_face` warped with the donor): the
+    stranger's strongly blurred head shows there instead. On close-ups a donor's fringe, cut off
+    by the paste's top edge and pasted onto a bare forehead, read as a dark comb of streaks, a
+    donor's collar under its chin as a coloured patch, and a turned donor's background beside its
+    cheek as a white, green or orange crescent on the stranger's jaw."""
     size = alpha.shape[0]
     keep = 1.0 - np.clip(cv2.GaussianBlur(off, (0, 0), size / OFF_FACE_FADE) * 2.0, 0.0, 1.0)
     return alpha * keep, sharp * keep
