@@ -158,6 +158,7 @@ def main(argv=None) -> None:
     a.add_argument("--mode", choices=("diffusion", "donor"), default="diffusion")
     a.add_argument("--checked", action="store_true", help="with the engine's own recogniser check (as the agent runs it)")
     a.add_argument("--degree", type=float, default=1.0)
+    a.add_argument("--paste", default="deployed", help="donor mode: one of classifier-probe's paste variants (its VARIANTS), e.g. 'wide paste, blur at its floor'")
 
     a = sub.add_parser("misfit-check", help="turned heads of the clips vs their originals after the donor mode's head blur, the flat blur and the mosaic")
     a.add_argument("--shared", type=Path, required=True)

@@ -100,7 +100,7 @@ def probe(args) -> None:
     deployed = {k: getattr(donor_mod, k) for setting in VARIANTS.values() for k in setting}
     try:
         for name, setting in VARIANTS.items():
-            _set({**deployed, **setting})
+            set_donor_constants({**deployed, **setting})
             anon = DonorAnonymizer(args.bank, degree=1.0, budget_ms=None, frame_budget_ms=None)
             print(f"{name} (strong blur {donor_mod.STRONG_BLUR:.4f}, light blur {donor_mod.LIGHT_BLUR:.4f} of the head, "
                   f"paste reach {donor_mod.PASTE_REACH}, feather {donor_mod.FEATHER}):")
@@ -112,10 +112,10 @@ def probe(args) -> None:
                                        cache=args.cache, dlib_probes=args.dlib_probes)
                 realism.reid_rows(reid, {name: anon}, det)
     finally:
-        _set(deployed)
+        set_donor_constants(deployed)
 
 
-def _set(values: dict) -> None:
+def set_donor_constants(values: dict) -> None:
     """Set the donor module's constants (and drop the masks cached for the old paste shape)."""
     for k, v in values.items():
         setattr(donor_mod, k, v)

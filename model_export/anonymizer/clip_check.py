@@ -143,7 +143,20 @@ def _flicker(looks: dict[int, list[tuple[int, str]]]) -> dict:
 
 
 def clip_check(args) -> None:
-    for row in similarity_by_width(args.shared, args.student, args.seeds, args.every, args.threads, args.mode, args.checked, args.degree):
+    import edge_agent.anonymize.donor as donor
+    from model_export.anonymizer.classifier_probe import VARIANTS, set_donor_constants
+
+    # --paste: the donor mode with one of classifier-probe's paste variants (its constants set for the run)
+    if args.paste not in VARIANTS:
+        raise SystemExit(f"edge-agent: error: --paste {args.paste!r}: not one of {', '.join(map(repr, VARIANTS))}")
+    setting = VARIANTS[args.paste]
+    deployed = {k: getattr(donor, k) for k in setting}
+    set_donor_constants(setting)
+    try:
+        rows = similarity_by_width(args.shared, args.student, args.seeds, args.every, args.threads, args.mode, args.checked, args.degree)
+    finally:
+        set_donor_constants(deployed)
+    for row in rows:
         print(f"faces {row['width']:>7} px: {row['samples']:4d} {args.mode} faces, cosine to original max {row['generated_max']:.3f} "
               f"mean {row['generated_mean']:.3f}, worst over jittered points {row['jittered_max']:.3f}; "
               f"pixelated worst {row['pixelated_max']:.3f}")
