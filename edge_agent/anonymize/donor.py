@@ -28,8 +28,7 @@ invent on a CPU. Per face (numpy / OpenCV only):
    blended in two bands: its coarse shading over a wide feather, its fine detail over a narrow
    one. A donor's hair on its upper forehead, its neck or collar under its chin and its
    background beside its cheeks are left out of the paste (:func:`without_off_face`): the
-   stranger's blurred head shows there. Every pixel
-   of the face is new or strongly blurred.
+   stranger's blurred head shows there. Every pixel of the face is new or strongly blurred.
 
 Any problem raises, and the pipeline falls back to classical redaction (fail closed).
 """
@@ -330,21 +329,26 @@ class DonorBank:
         self.size = n
         self._big = np.full(n, -1, np.int64)  # donor -> its row among the close-up crops
         self._big[big] = np.arange(len(big))
+        self._with_big = np.tile(self._big >= 0, 2)  # per index of :meth:`nearest`, mirrors included
         self._decoded: OrderedDict[int, np.ndarray] = OrderedDict()
         self._decoded_big: OrderedDict[int, np.ndarray] = OrderedDict()
         self._clear = _CLEAR_FOREHEAD.setdefault(self.sha256, np.full(n, -1, np.int8))
 
     def has_big(self, i: int) -> bool:
         """Does donor ``i`` have a 256 px crop?"""
-        return bool(self._big[int(i) % self.size] >= 0)
+        return self._row(i, True) >= 0
+
+    def _row(self, i: int, big: bool) -> int:
+        """Donor ``i``'s row among the close-up crops when ``big`` and it has one, else -1."""
+        return int(self._big[int(i) % self.size]) if big else -1
 
     def nearest(self, yaw: float, pitch: float, tone: np.ndarray, k: int = NEAREST, big: bool = False) -> np.ndarray:
         """Indices (``>= size``: mirrored) of the ``k`` donors closest in pose and skin tone, among
         those that may be chosen (:meth:`clear`; a bank with fewer such donors: among all).
         ``big``: among those with a 256 px crop, when the bank has any (a close-up)."""
         d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + (((self.tone - tone[:3]) / TONE_SCALE) ** 2).sum(1)
-        if big and (self._big >= 0).any():
-            d = np.where(np.tile(self._big >= 0, 2), d, np.inf)
+        if big and self._with_big.any():
+            d = np.where(self._with_big, d, np.inf)
         order = np.argsort(d, kind="stable")
         picked = list(islice((i for i in order if np.isfinite(d[i]) and self.clear(i)), k))
         return np.array(picked if len(picked) == min(k, len(order)) else order[:k])
@@ -368,7 +372,7 @@ class DonorBank:
 
     def _entry(self, i: int, big: bool) -> np.ndarray:
         base = int(i) % self.size
-        row = int(self._big[base]) if big else -1
+        row = self._row(i, big)
         cache, limit = (self._decoded_big, BIG_CACHE) if row >= 0 else (self._decoded, 256)
         entry = cache.get(base)
         if entry is None:
@@ -385,15 +389,15 @@ class DonorBank:
         """(BGR uint8 [side, side, 3], landmarks [5, 2]) of donor ``i`` (mirrored when >= size):
         its 256 px crop when ``big`` and it has one, else its 128 px crop."""
         base = int(i) % self.size
-        row = int(self._big[base]) if big else -1
+        row = self._row(i, big)
         lm, side = (self.landmarks_big[row], BIG_SIDE) if row >= 0 else (self.landmarks[base], BANK_SIDE)
         if i >= self.size:
             lm = np.stack([side - 1 - lm[:, 0], lm[:, 1]], 1)[list(MIRROR)]
         return np.ascontiguousarray(self._entry(i, big)[..., :3]), lm.astype(np.float32)
 
     def off_face(self, i: int, big: bool = False) -> np.ndarray:
-        """uint8 [side, side] (255: not its face) over donor ``i``'s forehead and under its chin,
-        the crop :meth:`donor` gives: what the paste leaves out (:func:`without_off_face`; the
+        """uint8 [side, side] (255: not its face) over donor ``i``'s forehead, under its chin and
+        beside its cheeks, on the crop :meth:`donor` gives: what the paste leaves out (:func:`without_off_face`; the
         bands are symmetric, so a mirror's is mirrored)."""
         return np.ascontiguousarray(self._entry(i, big)[..., 3])
 
@@ -763,10 +767,9 @@ class DonorAnonymizer(TrackedAnonymizer):
     def render(self, frame: np.ndarray, face: Face, track: _Track, seed: int, person: np.ndarray | None = None) -> None:
         """Warp the track's donor onto ``face``, match the scene, paste (in place). ``person``: the
         face's embedding before the paste, when the caller already has it."""
-        size = crop_size(face)
-        big = size == BIG_SIDE and self.bank.has_big(track.donor)
-        if size == BIG_SIDE and not big:
-            size = BANK_SIDE  # its donor has no close-up crop: enlarged in the frame, as before
+        # a close-up whose donor has no 256 px crop is drawn from its 128 px one, enlarged in the frame
+        big = crop_size(face) == BIG_SIDE and self.bank.has_big(track.donor)
+        size = BIG_SIDE if big else min(crop_size(face), BANK_SIDE)
         scene = self.original(frame)
         crop, matrix, crop_lm = aligned_crop(scene, face, size)
         donor, donor_lm = self.bank.donor(track.donor, big)
