@@ -64,7 +64,7 @@ class Models:
                 log.warning("registry holds embeddings of other models %s: those people cannot be recognised", other)
 
     def pipeline(self, stats: CameraStats, still: bool = False) -> FailClosed:
-        anonymizer, fallback = build_anonymizers(self.config.anonymizer, self.embedder)
+        anonymizer, fallback = build_anonymizers(self.config.anonymizer, self.embedder, still)
         frame_pipeline = FramePipeline(self.config, self.detector, self.embedder, self.gallery, anonymizer, fallback, stats, still,
                                        audit=self.audit)
         cfg = self.config.pipeline

@@ -570,3 +570,33 @@ def test_config_selects_donor_and_fails_closed_without_a_bank(tmp_path, caplog):
     assert engine is fallback and "donor anonymizer unavailable" in caplog.text
     with pytest.raises(ValueError, match="bogus"):
         AnonymizerConfig.model_validate({"mode": "donor", "donor": {"bogus": 1}})
+
+
+def test_a_still_photo_gives_every_face_its_donor_at_once(shared_dir, make_config):
+    """The per-frame budgets keep a stream's frame rate by serving a crowd's new faces over several
+    frames, with the classical fallback until their turn. A still photo has no next frame: run as
+    a stream, most portraits of a 1080p mosaic kept the mosaic; as a photo (``edge-agent process``
+    on an image) every one gets its donor."""
+    from edge_agent.service import Models
+    from edge_agent.stats import CameraStats
+
+    people = sorted((shared_dir / "faces/people").rglob("*.jpg"))[:8]
+    canvas = np.zeros((1080, 1920, 3), np.uint8)
+    for k, path in enumerate(people):
+        img = cv2.imread(str(path))
+        s = min(480 / img.shape[1], 540 / img.shape[0])
+        img = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+        y, x = 540 * (k // 4), 480 * (k % 4)
+        canvas[y:y + img.shape[0], x:x + img.shape[1]] = img
+    models = Models(make_config(anonymizer={"mode": "donor"}))
+    served = {}
+    for still in (False, True):
+        guard = models.pipeline(CameraStats("mosaic"), still=still)
+        try:
+            out, _ = guard.filter_array(canvas.copy())
+        finally:
+            guard.close()
+        served[still] = dict(guard.pipeline.anonymizer.stats)
+        assert out.shape == canvas.shape
+    assert served[False]["over_budget"] >= 3, served[False]
+    assert served[True]["over_budget"] == 0 and served[True]["new_tracks"] >= 8, served[True]
