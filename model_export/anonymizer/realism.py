@@ -233,15 +233,19 @@ def anonymized(anon, img: np.ndarray, faces, seeds: list[int], forget: bool = Fa
     return out, served
 
 
-def photo_records(shared: Path, anonymizers: dict, det, hog: HogCheck) -> dict:
+def colour_photos(shared: Path, desc: str = "colour photos"):
+    """(index, photo scaled to 480 px on its long side) for each readable photo of faces/identities.csv."""
     rows = list(csv.DictReader(open(Path(shared) / "faces/identities.csv")))
-    recs: dict[str, list] = {k: [] for k in anonymizers}
-    for k, r in enumerate(tqdm(rows, desc="colour photos", unit="img")):
+    for k, r in enumerate(tqdm(rows, desc=desc, unit="img")):
         img = cv2.imread(str(Path(shared) / "faces" / r["path"]))
-        if img is None:
-            continue
-        s = 480 / max(img.shape[:2])
-        img = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+        if img is not None:
+            s = 480 / max(img.shape[:2])
+            yield k, cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+
+
+def photo_records(shared: Path, anonymizers: dict, det, hog: HogCheck) -> dict:
+    recs: dict[str, list] = {k: [] for k in anonymizers}
+    for k, img in colour_photos(shared):
         faces = det.detect(img)
         for name, anon in anonymizers.items():
             out, ok = anonymized(anon, img, faces, [1000 * k + j for j in range(len(faces))], forget=True)
