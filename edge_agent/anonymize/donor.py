@@ -17,8 +17,10 @@ invent on a CPU. Per face (numpy / OpenCV only):
 3. **Warp**: the donor's aligned crop is warped onto the stranger's 5 landmarks in template space:
    an affine fit for small faces, a thin-plate spline for large ones (eyes, nose and mouth land on
    the stranger's own). Crop side per size class (:data:`SIZE_CLASSES`): 64 px under
-   ``SMALL_FACE_PX``, 256 px from ``LARGE_FACE_PX`` (for the donors the bank holds at 256 px: a
-   close-up's track picks among those), else 128 px, resampled once into the frame.
+   ``SMALL_FACE_PX``, 256 px from ``LARGE_FACE_PX`` (for the donors the bank holds at 256 px),
+   else 128 px, resampled once into the frame. A track that begins from ``SMALL_FACE_PX`` picks
+   among the donors with a 256 px crop: a person walking up to a camera is first seen small, and
+   its close-up would otherwise be its donor's 128 px crop enlarged.
 4. **Scene**: the donor takes the stranger's colour means and luminance spread (brightness, colour
    cast, contrast; smoothed per track, so no flicker), the stranger's shading at a scale set by the
    *degree* knob, then the frame's blur and noise (matched in frame pixels, where they are seen).
@@ -59,6 +61,7 @@ BANK_SIDE = 128  # aligned crop side of the packed donors
 BIG_SIDE = 256  # ...and of the close-up crops the bank holds for some of them
 SMALL_FACE_PX = 56.0  # narrower faces are rendered from a 64 px crop, wider ones from 128 px...
 LARGE_FACE_PX = 160.0  # ...and from 256 px from this width (a 128 px crop would be enlarged 1.4x and more)
+BIG_POOL_PX = SMALL_FACE_PX  # a track begun this wide picks among the donors with a 256 px crop
 SIZE_CLASSES = (64, BANK_SIDE, BIG_SIDE)
 BIG_CACHE = 64  # decoded close-up donors kept (256 KB each)
 PASTE_REACH = (0.9, 0.85, 1.12)  # paste ellipse: brow and chin in eye-to-mouth spans, half width in eye distances
@@ -345,7 +348,7 @@ class DonorBank:
     def nearest(self, yaw: float, pitch: float, tone: np.ndarray, k: int = NEAREST, big: bool = False) -> np.ndarray:
         """Indices (``>= size``: mirrored) of the ``k`` donors closest in pose and skin tone, among
         those that may be chosen (:meth:`clear`; a bank with fewer such donors: among all).
-        ``big``: among those with a 256 px crop, when the bank has any (a close-up)."""
+        ``big``: among those with a 256 px crop, when the bank has any (a face that may come close)."""
         d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + (((self.tone - tone[:3]) / TONE_SCALE) ** 2).sum(1)
         if big and self._with_big.any():
             d = np.where(self._with_big, d, np.inf)
@@ -731,7 +734,8 @@ class DonorAnonymizer(TrackedAnonymizer):
         scene = self.original(frame)
         crop, _, _ = aligned_crop(scene, face, min(crop_size(face), BANK_SIDE))
         yaw, pitch = pose(face.landmarks)
-        near = self.bank.nearest(yaw, pitch, appearance(crop), big=face.width >= LARGE_FACE_PX)
+        # from SMALL_FACE_PX a face may come close: its donor must have a close-up crop
+        near = self.bank.nearest(yaw, pitch, appearance(crop), big=face.width >= BIG_POOL_PX)
         rng = np.random.default_rng(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
         order = rng.permutation(len(near))
         track = _Track(donor=int(near[order[0]]), safe=self.check is None)
