@@ -9,7 +9,7 @@ invent on a CPU. Per face (numpy / OpenCV only):
    through them would land beside the face and leave the person's own features visible. A second
    detection of one head (:func:`shadowed`) gets the same, under the main face's donor.
 2. **Donor**: once per track, chosen deterministically from the track's seed among the donors
-   nearest in pose (yaw, pitch), skin tone and contrast (mirrored donors double the poses); kept for the
+   nearest in pose (yaw, pitch) and skin tone (mirrored donors double the poses); kept for the
    track's life, so one synthetic person per track (checked with the recogniser at the track's
    first frame and again after the head turned or neared). Donors with a fringe, cap or hat over the
    upper forehead are never chosen (:func:`forehead_cover`): pasted, that hair lands on the
@@ -68,9 +68,6 @@ PASTE_REACH = (0.9, 0.85, 1.12)  # paste ellipse: brow and chin in eye-to-mouth 
 NEAREST = 12  # donors close in pose and tone among which the track's seed picks
 POSE_SCALE = np.array([0.08, 0.06], np.float32)  # yaw, pitch units: a "close" pose
 TONE_SCALE = np.array([14.0, 4.0, 4.0], np.float32)  # L*, a*, b* units: a "close" skin tone
-# L* spread over cheeks and nose: a "close" contrast. The colour transfer matches a donor's contrast
-# to the stranger's with one gain; a sunlit donor on an evenly lit stranger came out flat and pale.
-CONTRAST_SCALE = 5.0
 STAT_SMOOTHING = 0.35  # weight of the current frame in the per-track colour statistics
 MIRROR = (1, 0, 2, 4, 3)  # landmark order after a horizontal flip
 TPS_LATTICE = 33  # thin-plate spline evaluated on this many nodes a side
@@ -319,7 +316,7 @@ class DonorBank:
         with np.load(path, allow_pickle=False) as z:
             self.jpeg, self.offsets = z["jpeg"], z["offsets"]
             self.landmarks = z["landmarks"].astype(np.float32)
-            yaw, pitch, tone = z["yaw"], z["pitch"], z["tone"][:, :4]
+            yaw, pitch, tone = z["yaw"], z["pitch"], z["tone"][:, :3]
             big = z["big"].astype(np.int64) if "big" in z.files else np.zeros(0, np.int64)
             if len(big):
                 self.jpeg_big, self.offsets_big = z["jpeg_big"], z["offsets_big"]
@@ -349,14 +346,10 @@ class DonorBank:
         return int(self._big[int(i) % self.size]) if big else -1
 
     def nearest(self, yaw: float, pitch: float, tone: np.ndarray, k: int = NEAREST, big: bool = False) -> np.ndarray:
-        """Indices (``>= size``: mirrored) of the ``k`` donors closest in pose, skin tone and, when
-        ``tone`` has its 4th value (:func:`~edge_agent.anonymize.descriptors.appearance`), the
-        skin's contrast, among those that may be chosen (:meth:`clear`; a bank with fewer such
-        donors: among all). ``big``: among those with a 256 px crop, when the bank has any (a face
-        that may come close)."""
-        d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + (((self.tone[:, :3] - tone[:3]) / TONE_SCALE) ** 2).sum(1)
-        if len(tone) > 3:
-            d += ((self.tone[:, 3] - tone[3]) / CONTRAST_SCALE) ** 2
+        """Indices (``>= size``: mirrored) of the ``k`` donors closest in pose and skin tone, among
+        those that may be chosen (:meth:`clear`; a bank with fewer such donors: among all).
+        ``big``: among those with a 256 px crop, when the bank has any (a face that may come close)."""
+        d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + (((self.tone - tone[:3]) / TONE_SCALE) ** 2).sum(1)
         if big and self._with_big.any():
             d = np.where(self._with_big, d, np.inf)
         order = np.argsort(d, kind="stable")
