@@ -161,6 +161,14 @@ def forehead_cover(crop: np.ndarray) -> float:
     return float(not_skin(crop, band)[band].mean())
 
 
+def clear_forehead(jpeg: np.ndarray) -> bool:
+    """May the donor whose aligned crop these JPEG bytes hold be chosen: does it decode, and is
+    its upper forehead at most ``FOREHEAD_MAX`` hair or headwear (:func:`forehead_cover`, scanned
+    at half size)? The bank builder and :meth:`DonorBank.clear` apply the same rule."""
+    small = cv2.imdecode(jpeg, cv2.IMREAD_REDUCED_COLOR_2)
+    return small is not None and forehead_cover(small) <= FOREHEAD_MAX
+
+
 @lru_cache(maxsize=3)
 def rim_bands(size: int) -> tuple[np.ndarray, np.ndarray]:
     """The paste's (top and bottom, sides) in template space: the forehead from ``HAIR_BAND``
@@ -362,8 +370,7 @@ class DonorBank:
         size the first time a choice reaches the donor: the whole bank was scanned at every start."""
         base = int(i) % self.size
         if self._clear[base] < 0:
-            small = cv2.imdecode(self.jpeg[self.offsets[base]:self.offsets[base + 1]], cv2.IMREAD_REDUCED_COLOR_2)
-            self._clear[base] = int(small is not None and forehead_cover(small) <= FOREHEAD_MAX)
+            self._clear[base] = int(clear_forehead(self.jpeg[self.offsets[base]:self.offsets[base + 1]]))
         return bool(self._clear[base])
 
     def _decode(self, data: np.ndarray, side: int, what: str) -> np.ndarray:

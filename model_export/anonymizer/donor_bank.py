@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_agent.anonymize.diffusion import aligned_crop
-from edge_agent.anonymize.donor import BIG_SIDE, FOREHEAD_MAX, POSE_SCALE, TONE_SCALE, forehead_cover
+from edge_agent.anonymize.donor import BIG_SIDE, POSE_SCALE, TONE_SCALE, clear_forehead
 from edge_agent.faces import Face
 from model_export.anonymizer.synth import load
 
@@ -27,6 +27,14 @@ MIN_SCORE = 0.8
 MAX_YAW = 0.9  # past it the generator's turned faces come out doubled or smeared (seen in the turned run)
 JPEG_QUALITY = 85
 BIG = 320  # donors that also get a 256 px crop (~13 kB each)
+
+
+def _jpeg(crop: np.ndarray, index) -> np.ndarray:
+    """The crop's JPEG bytes (``JPEG_QUALITY``); ``index``: the generator index, for the error."""
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError(f"could not encode face {index}")
+    return buf.ravel()
 
 
 def spread(features: np.ndarray, n: int) -> np.ndarray:
@@ -54,10 +62,7 @@ def big_crops(data: dict, rows: np.ndarray, raws: list[Path]) -> tuple[list[np.n
         if img is None:
             raise SystemExit(f"edge-agent: error: {path} is missing (the close-up crops are cut from the synth run's images)")
         crop, _, lm = aligned_crop(img, Face(data["box"][i], data["landmarks_src"][i], 1.0), BIG_SIDE)
-        ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if not ok:
-            raise ValueError(f"could not encode face {data['index'][i]}")
-        blobs.append(buf.ravel())
+        blobs.append(_jpeg(crop, data["index"][i]))
         lms.append(lm)
     return blobs, np.array(lms, np.float32).reshape(-1, 5, 2)
 
@@ -88,14 +93,10 @@ def pack(synth_dirs: list[Path], out: Path, limit: int = 0, big: int = BIG) -> s
         keep = keep[:limit]
     blobs, offsets = [], [0]
     for i in tqdm(keep, desc="donor bank: encode", unit="face"):
-        ok, buf = cv2.imencode(".jpg", data["crop128"][i], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if not ok:
-            raise ValueError(f"could not encode face {data['index'][i]}")
-        blobs.append(buf.ravel())
-        offsets.append(offsets[-1] + buf.size)
-    # the close-ups: among the donors the agent may choose (the same half-size forehead scan as
-    # DonorBank.clear), spread over |yaw| (mirrors give the other side), pitch and skin tone
-    usable = np.array([forehead_cover(cv2.imdecode(b, cv2.IMREAD_REDUCED_COLOR_2)) <= FOREHEAD_MAX for b in blobs], bool)
+        blobs.append(_jpeg(data["crop128"][i], data["index"][i]))
+        offsets.append(offsets[-1] + blobs[-1].size)
+    # the close-ups: among the donors the agent may choose (DonorBank.clear's rule), spread over |yaw| (mirrors give the other side), pitch and skin tone
+    usable = np.array([clear_forehead(b) for b in blobs], bool)
     feats = np.concatenate([np.stack([np.abs(data["yaw"][keep]), data["pitch"][keep]], 1) / POSE_SCALE,
                             data["tone"][keep][:, :3] / TONE_SCALE], 1)
     chosen = np.nonzero(usable)[0][spread(feats[usable], big)]
