@@ -53,7 +53,7 @@ def build_anonymizers(cfg: AnonymizerConfig, embedder=None, still: bool = False)
     ``embedder`` (the agent's recogniser) lets the generative anonymizers check each new face.
     ``still``: a still photo, whose budgets are ``STILL_BUDGET_MS``: a stream's keep its frame
     rate by serving a crowd's faces over several frames, and a photo has no next frame, so its
-    faces past them kept the classical fallback (five of a 1080p mosaic's six portraits)."""
+    faces past them kept the classical fallback."""
     fallback = classical(cfg.fallback, cfg)
     if cfg.mode == "donor":
         return donor_engine(cfg, fallback, embedder, still), fallback
