@@ -89,6 +89,8 @@ GEOMETRY_SWAP = 0.6  # at degree 2, this share of the face's 5-point layout is t
 FOREHEAD_BAND = 0.6  # eye-to-mouth spans above the eyes: the forehead from there up to the paste's top edge...
 FOREHEAD_MAX = 0.5  # ...a donor with more than this share of it hair or headwear is never chosen
 HAIR_DL, HAIR_DAB = 15.0, 12.0  # L* darker than the donor's skin, or a*b* this far from it: not skin
+HAIR_TEXTURE = 2.5  # ...nor, on the forehead, fine texture this many times the cheeks' (a blond fringe is as light as skin)...
+HAIR_TEXTURE_MIN = 3.0  # ...and at least this many grey levels (a smooth, noiseless face's skin is not hair)
 OFF_FACE_FADE = 32  # the paste fades out over a donor's hair, collar or background with a blur of the crop side / this...
 HAIR_BAND = 0.45  # ...from this many eye-to-mouth spans above the eyes up (the eyebrows lie below)...
 CHIN_BAND = 0.5  # ...from this many below the mouth down (the lower chin and under it)...
@@ -155,10 +157,23 @@ def not_skin(crop: np.ndarray, region: np.ndarray, shade_is_skin: bool = False) 
     return out
 
 
+def strands(crop: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Bool mask of ``region`` (template space) where the aligned crop has hair's fine texture:
+    a local high-pass energy ``HAIR_TEXTURE`` times its cheeks' and more. A blond or light-brown
+    fringe has the skin's lightness and nearly its colour, so :func:`not_skin` passes it; pasted
+    onto a bare forehead it read as streaks (seen on a zoom-in clip of the deepface photos)."""
+    side = crop.shape[0]
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    fine = grey - cv2.GaussianBlur(grey, (0, 0), side / 128)
+    energy = np.sqrt(cv2.GaussianBlur(fine * fine, (0, 0), side / 64))
+    floor = max(HAIR_TEXTURE * float(np.percentile(energy[tone_mask(side)], 25)), HAIR_TEXTURE_MIN)
+    return region & (energy > floor)
+
+
 def forehead_cover(crop: np.ndarray) -> float:
     """Share of an aligned crop's upper forehead (:func:`forehead_band`) that is hair or headwear."""
     band = forehead_band(crop.shape[0])
-    return float(not_skin(crop, band)[band].mean())
+    return float((not_skin(crop, band) | strands(crop, band))[band].mean())
 
 
 def clear_forehead(jpeg: np.ndarray) -> bool:
@@ -188,9 +203,11 @@ def rim_bands(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def off_face(crop: np.ndarray) -> np.ndarray:
     """Bool mask of an aligned donor crop's :func:`rim_bands` that is not its face
-    (:func:`not_skin`; beside the cheeks a shaded cheek is face)."""
+    (:func:`not_skin`; on the forehead also a light fringe, :func:`strands`; beside the cheeks a
+    shaded cheek is face)."""
     top_bottom, sides = rim_bands(crop.shape[0])
-    return not_skin(crop, top_bottom) | not_skin(crop, sides, shade_is_skin=True)
+    fringe = strands(crop, forehead_band(crop.shape[0], HAIR_BAND))
+    return not_skin(crop, top_bottom) | fringe | not_skin(crop, sides, shade_is_skin=True)
 
 
 def without_off_face(alpha: np.ndarray, sharp: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
