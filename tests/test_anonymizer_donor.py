@@ -641,28 +641,29 @@ def test_a_still_photo_gives_every_face_its_donor_at_once(shared_dir, make_confi
 
 
 def test_a_track_that_begins_small_is_drawn_from_a_256_px_crop_when_it_comes_close(shared_dir, models):
-    """A person walking up to a camera is first seen small: a track begun from ``SMALL_FACE_PX``
-    picks among the donors the bank holds at 256 px, so its close-up is drawn from that crop, not
-    from a 128 px one enlarged. Tracks begun smaller pick among all donors."""
+    """A person walking up to a camera is first seen small (in a corridor, at the detector's
+    smallest): every track picks among the donors the bank holds at 256 px, so its close-up is
+    drawn from that crop, not from a 128 px one enlarged."""
     import cv2
 
-    from edge_agent.anonymize.donor import LARGE_FACE_PX, SMALL_FACE_PX
+    from edge_agent.anonymize.donor import LARGE_FACE_PX
 
     det, _, _ = models
     img = cv2.imread(str(shared_dir / "faces/face_recognition/examples/obama.jpg"))
     near = max(det.detect(img), key=lambda f: f.width)
     assert near.width >= LARGE_FACE_PX
     anon = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)
-    chosen = {}
-    for width in (40.0, 70.0, 110.0):
+    assert not all(anon.bank.has_big(i) for i in range(anon.bank.size)), "the bank holds donors without a close-up crop"
+    chosen = []
+    for width in (34.0, 70.0, 110.0):
         far_img = cv2.resize(img, None, fx=width / near.width, fy=width / near.width, interpolation=cv2.INTER_AREA)
         far = max(det.detect(far_img), key=lambda f: f.width)
+        assert far.width >= anon.min_face_px
         for seed in range(1000, 1016):
             anon.forget(seed)
             anon.anonymize(far_img.copy(), far, seed)
-            chosen.setdefault(far.width >= SMALL_FACE_PX, []).append(anon.bank.has_big(anon.donor_of(seed)))
-    assert all(chosen[True]) and len(chosen[True]) == 32, chosen
-    assert not all(chosen[False]), "under SMALL_FACE_PX the whole bank is chosen from"
+            chosen.append(anon.bank.has_big(anon.donor_of(seed)))
+    assert all(chosen) and len(chosen) == 48
     calls = []
     original = anon.bank.donor
     anon.bank.donor = lambda i, big=False: calls.append(big) or original(i, big)

@@ -77,14 +77,19 @@ def test_pack_joins_plain_and_turned_runs(tmp_path):
     assert bank.donor(next(i for i in range(bank.size) if not bank.has_big(i)), big=True)[0].shape[0] == BANK_SIDE
 
 
-def test_spread_reaches_every_corner():
-    """Farthest-point sampling: the extremes of each axis are among the first picks."""
+def test_spread_reaches_every_corner_and_keeps_the_common_dense():
+    """A quarter by farthest-point sampling: the extremes of each axis are among the picks. The
+    rest at random: the common rows are picked about as often as the bank holds them, where
+    farthest-point sampling alone leaves them thin (every track picks among these donors)."""
     rng = np.random.default_rng(1)
-    feats = rng.standard_normal((500, 3))
-    picked = spread(feats, 12)
-    assert len(set(picked.tolist())) == 12
+    feats = rng.standard_normal((2000, 3))
+    picked = spread(feats, 200)
+    assert len(set(picked.tolist())) == 200
     for axis in range(3):
         assert int(np.argmax(feats[:, axis])) in picked or int(np.argmin(feats[:, axis])) in picked
+    common = np.linalg.norm(feats, axis=1) < 1.5
+    assert abs(common[picked].mean() - common.mean()) < 0.1
+    assert common[spread(feats, 200, covering=1.0)].mean() < common.mean() - 0.2
 
 
 def test_pack_refuses_a_missing_generator_image(tmp_path):

@@ -18,9 +18,9 @@ invent on a CPU. Per face (numpy / OpenCV only):
    an affine fit for small faces, a thin-plate spline for large ones (eyes, nose and mouth land on
    the stranger's own). Crop side per size class (:data:`SIZE_CLASSES`): 64 px under
    ``SMALL_FACE_PX``, 256 px from ``LARGE_FACE_PX`` (for the donors the bank holds at 256 px),
-   else 128 px, resampled once into the frame. A track that begins from ``SMALL_FACE_PX`` picks
-   among the donors with a 256 px crop: a person walking up to a camera is first seen small, and
-   its close-up would otherwise be its donor's 128 px crop enlarged.
+   else 128 px, resampled once into the frame. Every track picks among the donors with a 256 px
+   crop: a person walking up to a camera is first seen small, and its close-up would otherwise be
+   its donor's 128 px crop enlarged.
 4. **Scene**: the donor takes the stranger's colour means and luminance spread (brightness, colour
    cast, contrast; smoothed per track, so no flicker), the stranger's shading at a scale set by the
    *degree* knob, then the frame's blur and noise (matched in frame pixels, where they are seen).
@@ -61,7 +61,6 @@ BANK_SIDE = 128  # aligned crop side of the packed donors
 BIG_SIDE = 256  # ...and of the close-up crops the bank holds for some of them
 SMALL_FACE_PX = 56.0  # narrower faces are rendered from a 64 px crop, wider ones from 128 px...
 LARGE_FACE_PX = 160.0  # ...and from 256 px from this width (a 128 px crop would be enlarged 1.4x and more)
-BIG_POOL_PX = SMALL_FACE_PX  # a track begun this wide picks among the donors with a 256 px crop
 SIZE_CLASSES = (64, BANK_SIDE, BIG_SIDE)
 BIG_CACHE = 64  # decoded close-up donors kept (256 KB each)
 PASTE_REACH = (0.9, 0.85, 1.12)  # paste ellipse: brow and chin in eye-to-mouth spans, half width in eye distances
@@ -758,8 +757,9 @@ class DonorAnonymizer(TrackedAnonymizer):
         scene = self.original(frame)
         crop, _, _ = aligned_crop(scene, face, min(crop_size(face), BANK_SIDE))
         yaw, pitch = pose(face.landmarks)
-        # from SMALL_FACE_PX a face may come close: its donor must have a close-up crop
-        near = self.bank.nearest(yaw, pitch, appearance(crop), big=face.width >= BIG_POOL_PX)
+        # every face may come close (a person walking up to a camera is first seen small): its
+        # donor is one with a close-up crop
+        near = self.bank.nearest(yaw, pitch, appearance(crop), big=True)
         rng = np.random.default_rng(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
         order = rng.permutation(len(near))
         track = _Track(donor=int(near[order[0]]), safe=self.check is None)

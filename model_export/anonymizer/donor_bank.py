@@ -3,9 +3,10 @@
 ``python -m model_export.anonymizer donor-bank --synth data/anonymizer/synth data/anonymizer/synth_turned
 --out edge_agent/assets/donor_bank.npz`` keeps every face that is not held out for evaluation,
 whose detection is confident and whose yaw proxy is at most ``MAX_YAW``, and stores it as a JPEG (128 px aligned crop) plus its landmarks
-and descriptors. ``BIG`` of them, spread over pose and skin tone (farthest-point sampling), also
-get a 256 px crop, aligned from the generator's image (``raw/`` of their synth run): close-ups are
-drawn from it instead of from the 128 px crop enlarged 2-3x. No pickled objects: the JPEGs are one
+and descriptors. ``BIG`` of them (:func:`spread`: the rare poses and skin tones covered, the common
+ones as dense as in the bank), also get a 256 px crop, aligned from the generator's image (``raw/``
+of their synth run): every track picks among them, and its close-ups are drawn from that crop
+instead of from the 128 px crop enlarged 2-3x. No pickled objects: the JPEGs are one
 byte array with offsets, so the agent reads the file with ``allow_pickle=False``.
 """
 
@@ -26,7 +27,8 @@ from model_export.anonymizer.synth import load
 MIN_SCORE = 0.8
 MAX_YAW = 0.9  # past it the generator's turned faces come out doubled or smeared (seen in the turned run)
 JPEG_QUALITY = 85
-BIG = 320  # donors that also get a 256 px crop (~13 kB each)
+BIG = 480  # donors that also get a 256 px crop (~13 kB each): the pool every track picks from
+COVERING = 0.25  # ...a quarter of them spread to cover every pose and skin tone, the rest drawn at random
 
 
 def _jpeg(crop: np.ndarray, index) -> np.ndarray:
@@ -37,18 +39,23 @@ def _jpeg(crop: np.ndarray, index) -> np.ndarray:
     return buf.ravel()
 
 
-def spread(features: np.ndarray, n: int) -> np.ndarray:
-    """Indices of ``n`` rows of ``features`` spread over their space: farthest-point sampling from
-    the row nearest the median (deterministic), so that every donor has one of them close by."""
+def spread(features: np.ndarray, n: int, covering: float = COVERING) -> np.ndarray:
+    """Indices of ``n`` rows of ``features``: a ``covering`` share by farthest-point sampling from
+    the row nearest the median, so that every donor has one of them close by (the rare poses and
+    skin tones), the rest drawn at random (seeded) from the others, so that the common ones are as
+    dense as in the bank: every track picks among these, and with farthest-point sampling alone
+    a frontal face's 12 nearest held more turned donors."""
     n = min(n, len(features))
     if n <= 0:
         return np.zeros(0, np.int64)
     picked = [int(np.argmin(((features - np.median(features, 0)) ** 2).sum(1)))]
     dist = ((features - features[picked[0]]) ** 2).sum(1)
-    while len(picked) < n:
+    while len(picked) < max(1, round(n * covering)):
         i = int(np.argmax(dist))
         picked.append(i)
         dist = np.minimum(dist, ((features - features[i]) ** 2).sum(1))
+    rest = np.setdiff1d(np.arange(len(features)), picked)
+    picked += list(np.random.default_rng(0).choice(rest, n - len(picked), replace=False))
     return np.sort(np.array(picked, np.int64))
 
 
