@@ -43,8 +43,8 @@ def spread(features: np.ndarray, n: int, covering: float = COVERING) -> np.ndarr
     """Indices of ``n`` rows of ``features``: a ``covering`` share by farthest-point sampling from
     the row nearest the median, so that every donor has one of them close by (the rare poses and
     skin tones), the rest drawn at random (seeded) from the others, so that the common ones are as
-    dense as in the bank: every track picks among these, and with farthest-point sampling alone
-    a frontal face's 12 nearest held more turned donors."""
+    dense as in the bank: every track picks among these, and farthest-point sampling alone put
+    21 % of them past |yaw| 0.4, against 14 % of the donors that may be chosen."""
     n = min(n, len(features))
     if n <= 0:
         return np.zeros(0, np.int64)
