@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_agent.anonymize.base import face_region
-from edge_agent.anonymize.descriptors import tone_mask
+from edge_agent.anonymize.descriptors import pose, tone_mask
 from edge_agent.anonymize.donor import (BANK, FOREHEAD_MAX, DonorAnonymizer, DonorBank, forehead_band, forehead_cover, landmarks_fit,
                                         shadowed)
 from edge_agent.faces import Face
@@ -204,6 +204,34 @@ def test_off_centre_landmarks_get_the_whole_head_redacted(models, anon):
 
     assert edges(out) < 0.1 * edges(img)
     assert cosine(emb, img, out, face) < 0.35
+
+
+def test_a_head_at_the_turn_limit_does_not_flicker_back_to_its_donor(models, one_frame):
+    """A head turning near ``MAX_YAW`` (or whose landmarks jump) has landmarks that fit on one
+    frame and not on the next: it switched between its donor and the out-of-focus head every
+    frame. A misfit is redacted at once; the donor comes back only once the landmarks have fit on
+    ``SETTLE_FRAMES`` frames in a row."""
+    from edge_agent.anonymize.donor import MAX_YAW, SETTLE_FRAMES
+
+    _, _, photos = models
+    img, face = photos[0]
+    lm = np.asarray(face.landmarks, np.float32).copy()
+    eye_d = float(np.hypot(*(lm[1] - lm[0])))
+    lm[2, 0] += 0.75 * eye_d  # the nose past the turn limit
+    turned = Face(face.box.copy(), lm, face.score)
+    assert landmarks_fit(face) and not landmarks_fit(turned) and abs(pose(turned.landmarks)[0]) > MAX_YAW
+    anon = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)
+    blurred = one_frame(anon, img, turned, 3)
+    x1, y1, x2, y2 = (int(v) for v in face.box)
+
+    def has_donor(out):  # the donor's features, where the out-of-focus head has none
+        return np.abs(out[y1:y2, x1:x2].astype(int) - blurred[y1:y2, x1:x2]).mean() > 6
+
+    shown = [has_donor(one_frame(anon, img, f, 3)) for f in [turned, face, turned] + [face] * (SETTLE_FRAMES + 1)]
+    assert shown == [False] * (2 + SETTLE_FRAMES) + [True, True], shown
+    assert anon.stats["misfit"] == 3 and anon.stats["settling"] == SETTLE_FRAMES
+    fresh = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)
+    assert has_donor(one_frame(fresh, img, face, 4)), "a track that never misfit gets its donor at once"
 
 
 def test_turned_head_is_out_of_focus_not_a_flat_oval(models):

@@ -72,6 +72,7 @@ MIRROR = (1, 0, 2, 4, 3)  # landmark order after a horizontal flip
 TPS_LATTICE = 33  # thin-plate spline evaluated on this many nodes a side
 SHARPEN_MAX = 1.0  # unsharp-mask amount cap: past it JPEG blocks and donor skin turn to crinkles (the rest is grain)
 MAX_YAW = 0.55  # |yaw| beyond this (nose past ~half an eye distance off-centre) is a profile
+SETTLE_FRAMES = 3  # after landmarks that did not fit, a face gets its donor back once they fit this many frames in a row
 RIM_WEIGHT = 0.5  # the base layer's least weight inside the head ellipse (at its rim)
 GRAIN_SCALE = 1 / 16  # the grain follows the texture the blur removed, measured at this share of the region
 GRAIN_MAX = 4.0  # grey levels: the most grain put back (past it, hair reads as sand)
@@ -668,9 +669,10 @@ class DonorAnonymizer(TrackedAnonymizer):
         self._shadowed: list[Face] = []  # this frame's second detections of a head...
         self._shadow_done = True  # ...redacted at the frame's first face
         self._tracks: OrderedDict[int, _Track] = OrderedDict()
+        self._settling: OrderedDict[int, int] = OrderedDict()  # seed -> frames its landmarks fit since they last did not
         self._frame_no = 0
         self._frame_start: float | None = None
-        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "shadowed": 0, "too_similar": 0, "rechecked": 0, "recheck_failed": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "refine_undone": 0, "replayed": 0, "held": 0}
+        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "shadowed": 0, "too_similar": 0, "rechecked": 0, "recheck_failed": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "refine_undone": 0, "replayed": 0, "held": 0, "settling": 0}
 
     def priority(self, seed: int) -> float:
         """Faces that showed their donor last frame keep it (a face switching between donor and
@@ -714,8 +716,9 @@ class DonorAnonymizer(TrackedAnonymizer):
             self.stats["unsure"] += 1
             self.small_faces.anonymize(frame, face, seed)
             return
-        if not landmarks_fit(face):
-            self.stats["misfit"] += 1
+        fits = landmarks_fit(face)
+        if not self._settled(seed, fits):
+            self.stats["misfit" if not fits else "settling"] += 1
             self.misfit_redaction.anonymize(frame, head_face(face), seed)
             return
         area = reach(face, frame.shape)
@@ -749,6 +752,35 @@ class DonorAnonymizer(TrackedAnonymizer):
         track.replay = None if before is None else _Replay.of(face, frame, area, before, self._frame_no)
         self._frame_renders += 1
         self.stats["rendered"] += 1
+
+    def _settled(self, seed: int, fits: bool) -> bool:
+        """May the face get its donor this frame: its landmarks fit and, if they did not on an
+        earlier frame of the track, have fit on ``SETTLE_FRAMES`` frames in a row since. A head
+        turning near ``MAX_YAW``, or whose landmarks jump, switched between its donor and the
+        out-of-focus head every frame or two. Only the way back to the donor waits: a misfit is
+        redacted at once."""
+        if not fits:
+            self._settling[seed] = 0
+            self._settling.move_to_end(seed)
+            while len(self._settling) > self.max_tracks:
+                self._settling.popitem(last=False)
+            return False
+        run = self._settling.get(seed)
+        if run is None:
+            return True
+        if run + 1 >= SETTLE_FRAMES:
+            del self._settling[seed]
+            return True
+        self._settling[seed] = run + 1
+        return False
+
+    def forget(self, seed: int) -> None:
+        super().forget(seed)
+        self._settling.pop(int(seed), None)
+
+    def reset(self) -> None:
+        super().reset()
+        self._settling.clear()
 
     def _new_track(self, frame: np.ndarray, face: Face, seed: int) -> _Track:
         if self.budget_ms is not None and self._frame_renders > 0 and self._spent_ms() > self.budget_ms:
