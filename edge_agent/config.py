@@ -135,7 +135,7 @@ class DonorConfig(Strict):
     degree: float = Field(1.0, ge=0, le=2, description="0 keeps the stranger's fine shading and face proportions on the donor, 1 the light's direction and 80 % of the proportions, 2 only brightness, contrast, colour cast and 40 %")
     min_face_px: float = Field(30, ge=0, description="narrower faces get the classical fallback (a donor on them stays closer to the person than a mosaic: clip-check --mode donor)")
     min_score: float = Field(0.65, ge=0, le=1, description="a new track scored lower gets the classical fallback until it scores higher: on the clips, backs of heads score 0.2-0.61")
-    max_similarity: float = Field(0.35, gt=-1, le=1, description="a donor face this similar to the person (project recogniser) is swapped for another donor, then the fallback")
+    max_similarity: float = Field(0.25, gt=-1, le=1, description="a donor face this similar to the person (project recogniser) is swapped for another donor, then the fallback (0.35 left a crowd's faces 4-8x as findable as a mosaic does: crowd-reid)")
     budget_ms: float = Field(25, gt=0, description="per-frame time for new tracks (donor choice and check); past it their faces fall back for that frame")
     frame_budget_ms: float = Field(60, gt=0, description="per-frame time for donor renders; past it faces fall back for that frame (still faces replay their last render), new and longest-waiting faces served first next frame")
     refiner: bool = Field(False, description="render each donor composite into the scene with the distilled 1-step refiner (edge_agent/assets/REFINER.md); each refined face is checked with the recogniser, so it needs recognition enabled")

@@ -636,7 +636,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         min_score: float = 0.65,
         small_faces: Anonymizer | None = None,
         embedder=None,
-        max_similarity: float = 0.35,
+        max_similarity: float = 0.25,
         budget_ms: float | None = 25.0,
         frame_budget_ms: float | None = 60.0,
         max_tracks: int = 128,

@@ -160,6 +160,11 @@ def main(argv=None) -> None:
     a.add_argument("--degree", type=float, default=1.0)
     a.add_argument("--paste", default="deployed", help="donor mode: one of classifier-probe's paste variants (its VARIANTS), e.g. 'wide paste, blur at its floor'")
 
+    a = sub.add_parser("crowd-reid", help="a 4K crowd frame (and a dark copy) through the agent per mode: rank-1 of its anonymized faces among its originals")
+    a.add_argument("--shared", type=Path, required=True)
+    a.add_argument("--config", type=Path, default=Path("device_configs/x86-cpu.yaml"), help="the agent's config (its anonymizer first, then the classical modes)")
+    a.add_argument("--max-similarity", type=float, default=None, help="override the generative modes' recogniser bound")
+
     a = sub.add_parser("misfit-check", help="turned heads of the clips vs their originals after the donor mode's head blur, the flat blur and the mosaic")
     a.add_argument("--shared", type=Path, required=True)
     a.add_argument("--turned-limit", type=float, default=0.0, help="also: donors on the faces turned past the donor's yaw limit and within this one")
@@ -250,6 +255,10 @@ def main(argv=None) -> None:
         from model_export.anonymizer.clip_check import clip_check
 
         clip_check(args)
+    elif args.cmd == "crowd-reid":
+        from model_export.anonymizer.crowd_reid import crowd_reid
+
+        crowd_reid(args)
     elif args.cmd == "misfit-check":
         from model_export.anonymizer.clip_check import misfit_check
 
