@@ -32,7 +32,7 @@ from model_export.anonymizer import realism
 SIZES = (64, 128, 200)
 GAINS = (1.0, 0.5)
 PAIR_MIN_PX = 80  # photo faces this wide and wider are compared with their anonymized selves
-SAME_COS, SAME_DLIB = 0.35, 0.6  # the identity check's bound; dlib's same-person distance
+SAME_COS, SAME_DLIB = 0.35, 0.6  # the donor check's bound until 2026-12-05 (0.25 since; kept so runs compare); dlib's same-person distance
 
 
 def _no_head_layer(frame, face, inv, alpha):

@@ -100,8 +100,8 @@ def crowd_reid(args) -> None:
         shapes = None if dlib is None else [dlib.shape(frame, f.box) for f in faces]
         print(f"{light} crowd ({frame.shape[1]}x{frame.shape[0]}): {len(faces)} identifying faces from {MIN_PX:.0f} px, chance {1 / len(faces):.1%}")
         for mode in modes:
-            cfg.anonymizer.mode = mode
-            guard = Models(cfg).pipeline(CameraStats("crowd-reid"), still=True)
+            cfg.anonymizer.mode = mode  # the loaded models' config: its next pipeline takes this mode
+            guard = models.pipeline(CameraStats("crowd-reid"), still=True)
             guard.timeout_s = 600.0
             try:
                 out, redacted = guard.filter_array(frame.copy())
