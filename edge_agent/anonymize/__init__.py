@@ -41,7 +41,7 @@ def donor_engine(cfg: AnonymizerConfig, fallback: Anonymizer, embedder=None, sti
             d.bank or BANK, degree=d.degree, min_face_px=d.min_face_px, min_score=d.min_score, small_faces=fallback,
             embedder=embedder, max_similarity=d.max_similarity, budget_ms=STILL_BUDGET_MS if still else d.budget_ms,
             frame_budget_ms=STILL_BUDGET_MS if still else d.frame_budget_ms, refiner=refiner,
-            refine_budget_ms=STILL_BUDGET_MS if still else d.refine_budget_ms,
+            refine_budget_ms=STILL_BUDGET_MS if still else d.refine_budget_ms, match_sex=d.match_sex,
         )
     except Exception as exc:  # keep filtering with the classical redaction rather than not at all
         log.error("donor anonymizer unavailable (%s); every face gets %s", exc, cfg.fallback)

@@ -25,7 +25,8 @@ invent on a CPU. Per face (numpy / OpenCV only):
    cast, contrast; smoothed per track, so no flicker), the stranger's shading at a scale set by the
    *degree* knob, then the frame's blur and noise (matched in frame pixels, where they are seen).
 5. **Paste**: the head ellipse is first blurred (:func:`base_layer`: strongly under and around the
-   new face, lightly over hair and ears, fading out at the ellipse's rim so no oval shows) and
+   new face, over the forehead from the face's own pixels only so the hairline does not smear
+   into it, lightly over hair and ears, fading out at the ellipse's rim so no oval shows) and
    given grain where the blur took texture away (:func:`with_grain`), then the donor face is
    blended in two bands: its coarse shading over a wide feather, its fine detail over a narrow
    one. A donor's hair on its upper forehead, its neck or collar under its chin and its
@@ -50,6 +51,7 @@ import cv2
 import numpy as np
 
 from edge_agent.align import similarity_transform, template
+from edge_agent.anonymize.apparent_sex import ApparentSex, clash
 from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_ellipse, face_region
 from edge_agent.anonymize.descriptors import appearance, lab_pixels, pose, tone_mask
 from edge_agent.anonymize.diffusion import MARGIN, BudgetExceeded, _blur, aligned_crop, shrunk
@@ -97,6 +99,7 @@ CHIN_BAND = 0.5  # ...from this many below the mouth down (the lower chin and un
 SIDE_BAND = 0.6  # ...and, below the eyes, past this share of the paste's half width (beside the cheeks)
 FEATHER = 0.25  # the paste's feather, in ellipse radii: coarse shading meets the frame over it...
 DETAIL_FEATHER = 0.08  # ...fine detail over this much (two-band blend, :func:`paste`)
+OWN_BLUR_FROM = 0.5  # eye-to-mouth spans above the eyes: from there up the strong blur is of the face's own pixels (:func:`core_blur`)
 DETAIL_SIGMA = 1.5  # frame px: the split between the fine band and the coarse one
 
 
@@ -343,6 +346,7 @@ class DonorBank:
             self.landmarks = z["landmarks"].astype(np.float32)
             yaw, pitch, tone = z["yaw"], z["pitch"], z["tone"][:, :3]
             big = z["big"].astype(np.int64) if "big" in z.files else np.zeros(0, np.int64)
+            male = z["male"].astype(np.float32) if "male" in z.files else np.full(len(yaw), np.nan, np.float32)
             if len(big):
                 self.jpeg_big, self.offsets_big = z["jpeg_big"], z["offsets_big"]
                 self.landmarks_big = z["landmarks_big"].astype(np.float32)
@@ -354,6 +358,9 @@ class DonorBank:
         # every donor twice: as generated and mirrored (yaw negated, same pitch and tone)
         self.pose = np.concatenate([np.stack([yaw, pitch], 1), np.stack([-yaw, pitch], 1)]).astype(np.float32)
         self.tone = np.concatenate([tone, tone]).astype(np.float32)
+        if len(male) != n:
+            raise ValueError(f"{path}: malformed apparent-sex scores")
+        self.male = np.concatenate([male, male])  # P(male) per donor, mirrors included (NaN: not scored)
         self.size = n
         self._big = np.full(n, -1, np.int64)  # donor -> its row among the close-up crops
         self._big[big] = np.arange(len(big))
@@ -370,13 +377,18 @@ class DonorBank:
         """Donor ``i``'s row among the close-up crops when ``big`` and it has one, else -1."""
         return int(self._big[int(i) % self.size]) if big else -1
 
-    def nearest(self, yaw: float, pitch: float, tone: np.ndarray, k: int = NEAREST, big: bool = False) -> np.ndarray:
+    def nearest(self, yaw: float, pitch: float, tone: np.ndarray, k: int = NEAREST, big: bool = False, male: float = np.nan) -> np.ndarray:
         """Indices (``>= size``: mirrored) of the ``k`` donors closest in pose and skin tone, among
         those that may be chosen (:meth:`clear`; a bank with fewer such donors: among all).
-        ``big``: among those with a 256 px crop, when the bank has any (a face that may come close)."""
+        ``big``: among those with a 256 px crop, when the bank has any (a face that may come close).
+        ``male``: the stranger's apparent-sex score; donors sure of the other sex are left out
+        (:func:`~edge_agent.anonymize.apparent_sex.clash`), unless that leaves fewer than ``k``."""
         d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + (((self.tone - tone[:3]) / TONE_SCALE) ** 2).sum(1)
         if big and self._with_big.any():
             d = np.where(self._with_big, d, np.inf)
+        other = clash(male, self.male)
+        if np.isfinite(np.where(other, np.inf, d)).sum() >= k:
+            d = np.where(other, np.inf, d)
         order = np.argsort(d, kind="stable")
         picked = list(islice((i for i in order if np.isfinite(d[i]) and self.clear(i)), k))
         return np.array(picked if len(picked) == min(k, len(order)) else order[:k])
@@ -624,6 +636,8 @@ class DonorAnonymizer(TrackedAnonymizer):
         ``max_similarity`` or above the refinement is undone. ``None``: composites as pasted.
     refine_budget_ms: per-frame time for refining; later faces of that frame keep the unrefined
         (already anonymized) composite.
+    match_sex: a new track draws among donors of the stranger's apparent sex when the small
+        classifier (:mod:`~edge_agent.anonymize.apparent_sex`) is sure of it.
     """
 
     name = "donor"
@@ -642,12 +656,14 @@ class DonorAnonymizer(TrackedAnonymizer):
         max_tracks: int = 128,
         refiner=None,
         refine_budget_ms: float | None = 30.0,
+        match_sex: bool = True,
     ) -> None:
         from edge_agent.anonymize.classical import Pixelate
 
         if refiner is not None and embedder is None:
             raise ValueError("the donor refiner needs the embedder: each refined face is checked against the person")
         self.bank = DonorBank(bank_path)
+        self.apparent_sex = ApparentSex() if match_sex else None
         # Landmarks that do not fit a face, and a head's second detections: the head out of focus
         # (on the clips' identifiable turned heads the recogniser's worst cosine to the original,
         # over jittered points, was 0.285 for it, 0.270 for the flat classical blur, 0.284 for the
@@ -791,7 +807,8 @@ class DonorAnonymizer(TrackedAnonymizer):
         yaw, pitch = pose(face.landmarks)
         # every face may come close (a person walking up to a camera is first seen small): its
         # donor is one with a close-up crop
-        near = self.bank.nearest(yaw, pitch, appearance(crop), big=True)
+        male = self.apparent_sex.score(crop) if self.apparent_sex is not None else np.nan
+        near = self.bank.nearest(yaw, pitch, appearance(crop), big=True, male=male)
         rng = np.random.default_rng(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
         order = rng.permutation(len(near))
         track = _Track(donor=int(near[order[0]]), safe=self.check is None)
@@ -946,7 +963,7 @@ def head_face(face: Face, grow: float = 1.15) -> Face:
     return Face(np.array([cx - hw, cy - hh, cx + hw, cy + hh], np.float32), level, face.score)
 
 
-def head_layer(patch: np.ndarray, region: np.ndarray, strong_share: float, core_at) -> tuple[np.ndarray, np.ndarray]:
+def head_layer(patch: np.ndarray, region: np.ndarray, strong_share: float, core_at, own_at=None) -> tuple[np.ndarray, np.ndarray]:
     """(layer, weight) over a head region: a strong blur (``strong_share`` of the region's side)
     where ``core_at(k, (w, h), depth)`` is 1, a light one (``LIGHT_BLUR``) elsewhere; the weight
     fades toward the ellipse's rim to ``RIM_WEIGHT`` (hair, ears and background keep their strands
@@ -965,6 +982,9 @@ def head_layer(patch: np.ndarray, region: np.ndarray, strong_share: float, core_
     core = np.asarray(core_at(k, (sw, sh), depth), np.float32)
     weight = np.maximum(core, RIM_WEIGHT + (1.0 - RIM_WEIGHT) * np.clip(depth / 0.35, 0.0, 1.0)).astype(np.float32)
     strong = np.asarray(_blur(small, side * k * strong_share), np.float32)
+    if own_at is not None:  # there the strong blur takes the core's own pixels only (:func:`core_blur`)
+        own = np.asarray(own_at(k, (sw, sh)), np.float32)[..., None]
+        strong = strong * (1.0 - own) + core_blur(small, core, strong, side * k * strong_share) * own
     if k < 1.0:
         strong = cv2.resize(strong, (pw, ph), interpolation=cv2.INTER_LINEAR)
         core = cv2.resize(core, (pw, ph), interpolation=cv2.INTER_LINEAR)
@@ -972,6 +992,17 @@ def head_layer(patch: np.ndarray, region: np.ndarray, strong_share: float, core_
     light = _blur(patch, max(1.2, side * LIGHT_BLUR)).astype(np.float32)
     layer = cv2.blendLinear(np.ascontiguousarray(strong), light, core, 1.0 - core)
     return layer, (weight * inside).astype(np.float32)
+
+
+def core_blur(small: np.ndarray, core: np.ndarray, plain: np.ndarray, sigma: float) -> np.ndarray:
+    """The strong blur of the pixels under ``core`` only (a normalised blur; ``plain`` where the
+    core is too far to say): over the forehead (:func:`forehead_ramp`) the stranger's face spreads
+    to its own skin's tone instead of mixing in the hair above it. Mixed in, the hairline smeared
+    into the forehead over the paste's top edge as a dark arc on every close-up. Only there: at
+    the sides and chin the mix is what blurs the stranger's outline."""
+    both = _blur(np.dstack([small.astype(np.float32) * core[..., None], core]), sigma)
+    norm = both[..., -1:]
+    return np.where(norm > 0.05, both[..., :-1] / np.maximum(norm, 1e-6), plain).astype(np.float32)
 
 
 def base_layer(frame: np.ndarray, face: Face, inv: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -987,7 +1018,22 @@ def base_layer(frame: np.ndarray, face: Face, inv: np.ndarray, alpha: np.ndarray
         core = cv2.warpAffine((alpha > 0).astype(np.float32), shift, size, flags=cv2.INTER_LINEAR)
         return np.minimum(cv2.GaussianBlur(core, (0, 0), max(1.0 * k, max(region.shape) * k / 60.0)) * 2.0, 1.0)
 
-    return head_layer(frame[rows, cols], region, STRONG_BLUR, under_the_face)
+    def above_the_eyes(k: float, size: tuple[int, int]) -> np.ndarray:
+        shift = inv.copy() * k
+        shift[:, 2] -= (cols.start * k, rows.start * k)
+        return cv2.warpAffine(forehead_ramp(alpha.shape[0]), shift, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    return head_layer(frame[rows, cols], region, STRONG_BLUR, under_the_face, above_the_eyes)
+
+
+@lru_cache(maxsize=4)
+def forehead_ramp(size: int) -> np.ndarray:
+    """Template space: 1 from ``OWN_BLUR_FROM`` eye-to-mouth spans above the eyes up, 0 from the
+    eyes down (a linear ramp between): where the strong blur takes the face's own pixels only."""
+    eyes_y, span = eyes_and_span(size)
+    yy = np.arange(size, dtype=np.float32) + 0.5
+    col = np.clip((eyes_y - yy) / (OWN_BLUR_FROM * span), 0.0, 1.0)
+    return np.ascontiguousarray(np.repeat(col[:, None], size, 1))
 
 
 def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray, alpha: np.ndarray, sharp: np.ndarray,

@@ -165,6 +165,14 @@ def main(argv=None) -> None:
     a.add_argument("--config", type=Path, default=Path("device_configs/x86-cpu.yaml"), help="the agent's config (its anonymizer first, then the classical modes)")
     a.add_argument("--max-similarity", type=float, default=None, help="override the generative modes' recogniser bound")
 
+    a = sub.add_parser("sex-classifier", help="train the apparent-sex classifier that steers the donor choice (LFW by first name + hand-labelled donors)")
+    a.add_argument("--shared", type=Path, required=True)
+    a.add_argument("--data", type=Path, default=Path("data/anonymizer"), help="where `prepare` wrote lfw.npz")
+    a.add_argument("--synth", type=Path, nargs="+", default=[Path("data/anonymizer/synth"), Path("data/anonymizer/synth_turned")])
+    a.add_argument("--epochs", type=int, default=12)
+    a.add_argument("--batch", type=int, default=128)
+    a.add_argument("--out", type=Path, default=Path("edge_agent/assets/apparent_sex.onnx"))
+
     a = sub.add_parser("misfit-check", help="turned heads of the clips vs their originals after the donor mode's head blur, the flat blur and the mosaic")
     a.add_argument("--shared", type=Path, required=True)
     a.add_argument("--turned-limit", type=float, default=0.0, help="also: donors on the faces turned past the donor's yaw limit and within this one")
@@ -259,6 +267,10 @@ def main(argv=None) -> None:
         from model_export.anonymizer.crowd_reid import crowd_reid
 
         crowd_reid(args)
+    elif args.cmd == "sex-classifier":
+        from model_export.anonymizer.sex_classifier import train_sex_classifier
+
+        train_sex_classifier(args)
     elif args.cmd == "misfit-check":
         from model_export.anonymizer.clip_check import misfit_check
 

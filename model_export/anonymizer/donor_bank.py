@@ -3,7 +3,7 @@
 ``python -m model_export.anonymizer donor-bank --synth data/anonymizer/synth data/anonymizer/synth_turned
 --out edge_agent/assets/donor_bank.npz`` keeps every face that is not held out for evaluation,
 whose detection is confident and whose yaw proxy is at most ``MAX_YAW``, and stores it as a JPEG (128 px aligned crop) plus its landmarks
-and descriptors. ``BIG`` of them (:func:`spread`: the rare poses and skin tones covered, the common
+and descriptors (pose, skin tone, apparent sex: :func:`apparent_sex`). ``BIG`` of them (:func:`spread`: the rare poses and skin tones covered, the common
 ones as dense as in the bank), also get a 256 px crop, aligned from the generator's image (``raw/``
 of their synth run): every track picks among them, and its close-ups are drawn from that crop
 instead of from the 128 px crop enlarged 2-3x. No pickled objects: the JPEGs are one
@@ -74,6 +74,24 @@ def big_crops(data: dict, rows: np.ndarray, raws: list[Path]) -> tuple[list[np.n
     return blobs, np.array(lms, np.float32).reshape(-1, 5, 2)
 
 
+def apparent_sex(data: dict, rows: np.ndarray, metas: list[str]) -> np.ndarray:
+    """P(male) per donor: 1 or 0 where ``weights/donor_sex_labels.csv`` says (hand-labelled by
+    looking; a label holds for its generator index in the synth run it names, ``metas[run]``),
+    0.5 where it says unsure (children, faces I could not tell: they clash with nobody), else the
+    apparent-sex classifier's score of the donor's crop."""
+    from edge_agent.anonymize.apparent_sex import ApparentSex
+    from model_export.anonymizer.sex_classifier import hand_labels
+
+    labels = hand_labels()
+    net = ApparentSex()
+    value = {"male": 1.0, "female": 0.0, "unsure": 0.5}
+    out = []
+    for i in tqdm(rows, desc="donor bank: apparent sex", unit="face"):
+        lab = labels.get((int(data["index"][i]), metas[data["run"][i]]))
+        out.append(value[lab] if lab is not None else net.score(data["crop128"][i]))
+    return np.array(out, np.float32)
+
+
 def grid(bank: Path, out: Path, rows: int = 4, cols: int = 12, side: int = 80) -> None:
     """A contact sheet of the bank's first donors (synthetic people only: safe to commit and show)."""
     with np.load(bank, allow_pickle=False) as z:
@@ -108,7 +126,9 @@ def pack(synth_dirs: list[Path], out: Path, limit: int = 0, big: int = BIG) -> s
                             data["tone"][keep][:, :3] / TONE_SCALE], 1)
     chosen = np.nonzero(usable)[0][spread(feats[usable], big)]
     big_blobs, big_lm = big_crops(data, keep[chosen], [Path(d) / "raw" for d in synth_dirs]) if len(chosen) else ([], np.zeros((0, 5, 2), np.float32))
-    meta = "; ".join((Path(d) / "meta.txt").read_text().strip() for d in synth_dirs)
+    metas = [(Path(d) / "meta.txt").read_text().strip() for d in synth_dirs]
+    male = apparent_sex(data, keep, metas)
+    meta = "; ".join(metas)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")
@@ -125,6 +145,7 @@ def pack(synth_dirs: list[Path], out: Path, limit: int = 0, big: int = BIG) -> s
         jpeg_big=np.concatenate(big_blobs).astype(np.uint8) if big_blobs else np.zeros(0, np.uint8),
         offsets_big=np.cumsum([0] + [b.size for b in big_blobs]).astype(np.int64),
         landmarks_big=big_lm,
+        male=male,
         source=np.array(f"MobileStyleGAN (random-face 2021.7.21.1) {meta}, crop 128 margin 0.25, {len(chosen)} also at {BIG_SIDE}"),
     )
     tmp.rename(out)

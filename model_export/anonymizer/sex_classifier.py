@@ -1,0 +1,223 @@
+"""`sex-classifier`: train the apparent-sex classifier that steers the donor choice.
+
+    python -m model_export.anonymizer sex-classifier --shared $SHARED
+
+Why: a donor is chosen by pose and skin tone; a man's short hair and beard around a woman's
+face with lipstick is the most visible failure on close-ups (3 of 6 deepface close-ups at 420 px
+on 2026-12-05). A linear probe on the recogniser's embedding did not carry across domains (LFW
+grey to colour photos, synthetic to real), so this is a small CNN on the aligned grey crop.
+
+Data: LFW's grey 64 px crops (``prepare``), people labelled by first name with the US census
+1990 first-name lists (the ``names`` package, MIT; requirements/eval.txt; a name ``RATIO`` times
+as common for one sex as the other, others left out; at most ``PER_PERSON`` photos a person),
+plus the synthetic donors hand-labelled in ``weights/donor_sex_labels.csv`` (2026-12-05, by
+looking; children and faces I could not tell: ``unsure``, left out). Augmented toward cameras:
+small faces (down to 16 px and back), blur, sensor noise, gain, flips, shifts. Held out: the
+people ``prepare`` held out, and every colour photo of ../shared (scored against
+``PHOTO_SEX``). Exports ``edge_agent/assets/apparent_sex.onnx`` (input ``crop`` [N,1,64,64]:
+the grey aligned crop, each standardised; output ``male`` [N]: P(male)).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from edge_agent.anonymize.apparent_sex import SIDE, standardise
+
+RATIO = 5.0  # a first name this many times as common for one sex as the other is labelled
+PER_PERSON = 8  # LFW's most photographed people would outweigh the rest
+LABELS = Path(__file__).resolve().parent / "weights" / "donor_sex_labels.csv"
+# the colour photos' people (../shared/faces/identities.csv), for the held-out score only
+PHOTO_SEX = {"alex_lacamoire": 1, "biden": 1, "eileen_collins": 0, "elon_musk": 1, "grace_hopper": 0, "guido_van_rossum": 1,
+             "kit_harington": 1, "lin_manuel_miranda": 1, "obama": 1, "paul_allen": 1, "rose_leslie": 0, "steve_wozniak": 1,
+             **{f"deepface_person_{k:02d}": s for k, s in zip(range(1, 14), (0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1))}}
+
+
+class SexNet(nn.Module):
+    """Four stride-2 stages (64 -> 4 px), global average, one logit: ~0.1 M parameters."""
+
+    def __init__(self, width: int = 24) -> None:
+        super().__init__()
+        chans, layers, c_in = (width, 2 * width, 4 * width, 6 * width), [], 1
+        for c in chans:
+            layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                       nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(c_in, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3))).squeeze(1)
+
+
+class Exported(nn.Module):
+    """What the agent runs: P(male)."""
+
+    def __init__(self, net: SexNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, crop: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(crop))
+
+
+def census_names() -> tuple[dict[str, float], dict[str, float]]:
+    """(male, female) first name -> share of the census population, from the ``names`` package."""
+    spec = importlib.util.find_spec("names")
+    if spec is None or spec.origin is None:
+        raise SystemExit("sex-classifier: the `names` package is not installed (pip install -r requirements/eval.txt)")
+    root = Path(spec.origin).parent
+
+    def read(f: str) -> dict[str, float]:
+        return {p[0]: float(p[1]) for p in (line.split() for line in (root / f).read_text().splitlines()) if len(p) >= 2}
+
+    return read("dist.male.first"), read("dist.female.first")
+
+
+def name_label(person: str, male: dict, female: dict) -> int | None:
+    """1 male, 0 female, None: a first name not in the lists or common to both."""
+    first = person.split("_")[0].upper()
+    m, f = male.get(first, 0.0), female.get(first, 0.0)
+    if m > 0 and m >= RATIO * f:
+        return 1
+    if f > 0 and f >= RATIO * m:
+        return 0
+    return None
+
+
+def lfw_set(data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(grey crops, labels, held out) of LFW's name-labelled people."""
+    male, female = census_names()
+    d = np.load(Path(data) / "lfw.npz")
+    labels = [name_label(str(n), male, female) for n in d["names"]]
+    taken: dict[int, int] = {}
+    rows = []
+    for k, pid in enumerate(d["identity"]):
+        if labels[pid] is not None and taken.get(int(pid), 0) < PER_PERSON:
+            taken[int(pid)] = taken.get(int(pid), 0) + 1
+            rows.append(k)
+    rows = np.array(rows)
+    return d["y"][rows], np.array([labels[d["identity"][k]] for k in rows], np.float32), d["heldout"][rows]
+
+
+def hand_labels() -> dict[tuple[int, str], str]:
+    """(generator index, synth run's meta.txt line) -> male / female / unsure, from ``LABELS``."""
+    return {(int(r["generator_index"]), r["synth_run"]): r["apparent_sex"] for r in csv.DictReader(open(LABELS))}
+
+
+def donor_set(synth_dirs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(grey crops, labels) of the hand-labelled synthetic donors."""
+    from model_export.anonymizer.synth import load
+
+    want = hand_labels()
+    crops, ys = [], []
+    for d in synth_dirs:
+        data = load(Path(d))
+        meta = (Path(d) / "meta.txt").read_text().strip()
+        for i, idx in enumerate(data["index"]):
+            lab = want.get((int(idx), meta))
+            if lab in ("male", "female"):
+                crops.append(cv2.cvtColor(data["crop64"][i], cv2.COLOR_BGR2GRAY))
+                ys.append(float(lab == "male"))
+    return np.array(crops), np.array(ys, np.float32)
+
+
+def photo_set(shared: Path, det) -> tuple[np.ndarray, np.ndarray]:
+    """(grey crops, labels) of the colour photos' largest faces."""
+    from edge_agent.anonymize.diffusion import aligned_crop
+
+    crops, ys = [], []
+    for r in csv.DictReader(open(Path(shared) / "faces/identities.csv")):
+        img = cv2.imread(str(Path(shared) / "faces" / r["path"]))
+        faces = [] if img is None or r["identity"] not in PHOTO_SEX else det.detect(img)
+        if faces:
+            crop, _, _ = aligned_crop(img, max(faces, key=lambda f: f.width), SIDE)
+            crops.append(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY))
+            ys.append(float(PHOTO_SEX[r["identity"]]))
+    return np.array(crops), np.array(ys, np.float32)
+
+
+def augment(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Camera-like copies: flipped, shifted, shrunk to 16-64 px and back, blurred, gained, noisy."""
+    out = np.empty((len(grey), SIDE, SIDE), np.float32)
+    for i, g in enumerate(grey):
+        g = g.astype(np.float32)
+        if rng.random() < 0.5:
+            g = g[:, ::-1]
+        m = np.float32([[1, 0, rng.integers(-3, 4)], [0, 1, rng.integers(-3, 4)]])
+        g = cv2.warpAffine(np.ascontiguousarray(g), m, (SIDE, SIDE), borderMode=cv2.BORDER_REPLICATE)
+        if rng.random() < 0.5:
+            s = int(rng.integers(16, SIDE))
+            g = cv2.resize(cv2.resize(g, (s, s), interpolation=cv2.INTER_AREA), (SIDE, SIDE), interpolation=cv2.INTER_LINEAR)
+        if rng.random() < 0.3:
+            g = cv2.GaussianBlur(g, (0, 0), float(rng.uniform(0.5, 1.5)))
+        g = g * float(rng.uniform(0.3, 1.2)) + rng.normal(0.0, float(rng.uniform(0.0, 6.0)), g.shape)
+        out[i] = g
+    return out
+
+
+def score(net: SexNet, grey: np.ndarray) -> np.ndarray:
+    net.eval()
+    with torch.no_grad():
+        return torch.sigmoid(net(torch.from_numpy(standardise(grey))[:, None])).numpy()
+
+
+def report(name: str, p: np.ndarray, y: np.ndarray) -> str:
+    sure = np.abs(p - 0.5) >= 0.25
+    right = (p > 0.5) == (y == 1)
+    return (f"{name}: accuracy {right.mean():.3f} of {len(y)} (men {right[y == 1].mean():.2f}, women {right[y == 0].mean():.2f}); "
+            f"{sure.mean():.0%} scored sure, {right[sure].mean() if sure.any() else float('nan'):.3f} of those right")
+
+
+def train_sex_classifier(args) -> None:
+    from edge_agent.models.yunet import YuNet
+    from model_export.anonymizer.data import yunet_path
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    lx, ly, lheld = lfw_set(args.data)
+    dx, dy = donor_set(args.synth)
+    px, py = photo_set(args.shared, YuNet(yunet_path(args.shared), threads=args.threads))
+    x = np.concatenate([lx[~lheld], dx, dx])  # the donors twice: a colour domain the net must also serve
+    y = np.concatenate([ly[~lheld], dy, dy])
+    w = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean())).astype(np.float32)
+    print(f"sex-classifier: {int((~lheld).sum())} LFW photos ({ly[~lheld].mean():.0%} men), {len(dx)} donors ({dy.mean():.0%} men); "
+          f"held out: {int(lheld.sum())} LFW photos, {len(px)} colour photos")
+    net = SexNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-3)
+    steps = args.epochs * (len(x) // args.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    bar = tqdm(total=steps, desc="sex-classifier: train", unit="step")
+    for _ in range(args.epochs):
+        net.train()
+        for b in np.array_split(rng.permutation(len(x)), len(x) // args.batch):
+            xb = torch.from_numpy(standardise(augment(x[b], rng)))[:, None]
+            loss = (nn.functional.binary_cross_entropy_with_logits(net(xb), torch.from_numpy(y[b]), reduction="none")
+                    * torch.from_numpy(w[b])).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    print(report("held-out LFW people", score(net, lx[lheld]), ly[lheld]))
+    print(report("colour photos (held out)", score(net, px), py))
+    dark = np.clip(px.astype(np.float32) * 0.35 + rng.normal(0, 5, px.shape), 0, 255)
+    print(report("colour photos, dark and noisy", score(net, dark), py))
+    small = np.stack([cv2.resize(cv2.resize(g, (20, 20), interpolation=cv2.INTER_AREA), (SIDE, SIDE)) for g in px])
+    print(report("colour photos at 20 px", score(net, small), py))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    net.eval()
+    torch.onnx.export(Exported(net), torch.zeros(1, 1, SIDE, SIDE), str(out), input_names=["crop"], output_names=["male"],
+                      dynamic_axes={"crop": {0: "n"}, "male": {0: "n"}}, opset_version=17, dynamo=False)
+    print(f"sex-classifier: wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
