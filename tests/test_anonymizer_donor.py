@@ -730,3 +730,28 @@ def test_the_hairline_does_not_smear_into_a_close_up_s_forehead(monkeypatch):
     plain = darkest(anon)
     assert own > skin_grey - 4, (own, skin_grey)
     assert plain < skin_grey - 10, (plain, skin_grey)
+
+
+def test_a_track_whose_first_donors_were_all_too_close_tries_the_next_ones_later(models, one_frame):
+    """All of a new track's first candidates too close to the person (an impossible bound here):
+    the mosaic, and ``RETRY_FRAMES`` later its next candidates, never those it tried. Before, such
+    a track kept the mosaic for its life: the demo clip's performer for 103 frames."""
+    from edge_agent.anonymize.classical import Pixelate
+    from edge_agent.anonymize.donor import RETRY_FRAMES, TRIES
+
+    _, emb, photos = models
+    img, face = photos[0]
+    anon = DonorAnonymizer(budget_ms=None, frame_budget_ms=None, embedder=emb)
+    mosaic = img.copy()
+    Pixelate().anonymize(mosaic, face, 7)
+    anon.check.max_similarity = -1.0
+    assert np.array_equal(one_frame(anon, img, face, 7), mosaic)
+    first = anon._tracks[7].tried
+    assert len(first) == TRIES and anon.stats["too_similar"] == TRIES and anon.donor_of(7) is None
+    anon.check.max_similarity = 0.25
+    for _ in range(RETRY_FRAMES - 1):  # waiting: the mosaic, nothing rendered or checked
+        assert np.array_equal(one_frame(anon, img, face, 7), mosaic)
+    assert anon.stats["retried"] == 0 and anon.stats["rendered"] == 0
+    out = one_frame(anon, img, face, 7)
+    assert anon.stats["retried"] == 1 and anon.donor_of(7) is not None and anon.donor_of(7) not in first
+    assert not np.array_equal(out, mosaic) and cosine(emb, img, out, face) < 0.25

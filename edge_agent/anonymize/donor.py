@@ -67,6 +67,8 @@ SIZE_CLASSES = (64, BANK_SIDE, BIG_SIDE)
 BIG_CACHE = 64  # decoded close-up donors kept (256 KB each)
 PASTE_REACH = (0.9, 0.85, 1.12)  # paste ellipse: brow and chin in eye-to-mouth spans, half width in eye distances
 NEAREST = 12  # donors close in pose and tone among which the track's seed picks
+TRIES = 3  # candidates a track renders and checks at once (each a render and an embedding)...
+RETRY_FRAMES = 15  # ...and, all too close to the person, the next ones this many frames later (up to NEAREST in all)
 POSE_SCALE = np.array([0.08, 0.06], np.float32)  # yaw, pitch units: a "close" pose
 TONE_SCALE = np.array([14.0, 4.0, 4.0], np.float32)  # L*, a*, b* units: a "close" skin tone
 STAT_SMOOTHING = 0.35  # weight of the current frame in the per-track colour statistics
@@ -545,6 +547,8 @@ class _Track:
     replay: _Replay | None = None  # its last render, where no other face came near
     checked: tuple[float, float, float, bool] | None = None  # its last passed recogniser check (IdentityCheck.passed)
     held: tuple[tuple[float, float, float, bool], int] | None = None  # (pose, frame) of a render that failed it
+    tried: tuple[int, ...] = ()  # donors the check found too close to the person (not tried again)
+    retry_at: int = 0  # an unsafe track tries its next candidates from this frame on
 
 
 @dataclass
@@ -688,7 +692,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         self._settling: OrderedDict[int, int] = OrderedDict()  # seed -> frames its landmarks fit since they last did not
         self._frame_no = 0
         self._frame_start: float | None = None
-        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "shadowed": 0, "too_similar": 0, "rechecked": 0, "recheck_failed": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "refine_undone": 0, "replayed": 0, "held": 0, "settling": 0}
+        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "shadowed": 0, "too_similar": 0, "retried": 0, "rechecked": 0, "recheck_failed": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "refine_undone": 0, "replayed": 0, "held": 0, "settling": 0}
 
     def priority(self, seed: int) -> float:
         """Faces that showed their donor last frame keep it (a face switching between donor and
@@ -754,6 +758,7 @@ class DonorAnonymizer(TrackedAnonymizer):
             track = self._new_track(frame, face, seed)
         else:
             self._tracks.move_to_end(seed)
+            track = self._retry(frame, face, seed, track)
         if not track.safe or self._held(track, face):
             self.small_faces.anonymize(frame, face, seed)
             return
@@ -802,6 +807,18 @@ class DonorAnonymizer(TrackedAnonymizer):
         if self.budget_ms is not None and self._frame_renders > 0 and self._spent_ms() > self.budget_ms:
             self.stats["over_budget"] += 1
             raise BudgetExceeded("donor budget for this frame is spent")
+        track = self._draw(frame, face, seed, ())
+        self._tracks[seed] = track
+        self.stats["new_tracks"] += 1
+        while len(self._tracks) > self.max_tracks:
+            self._tracks.popitem(last=False)
+        return track
+
+    def _draw(self, frame: np.ndarray, face: Face, seed: int, tried: tuple[int, ...]) -> _Track:
+        """A track's donor: the seed's order over the ``NEAREST`` donors closest in pose, skin tone
+        (and apparent sex), the first of the next ``TRIES`` not in ``tried`` whose render passes
+        the recogniser check; none passing, an unsafe track (the fallback) that remembers them and
+        tries its next candidates ``RETRY_FRAMES`` later (:meth:`_retry`)."""
         scene = self.original(frame)
         crop, _, _ = aligned_crop(scene, face, min(crop_size(face), BANK_SIDE))
         yaw, pitch = pose(face.landmarks)
@@ -810,25 +827,35 @@ class DonorAnonymizer(TrackedAnonymizer):
         male = self.apparent_sex.score(crop) if self.apparent_sex is not None else np.nan
         near = self.bank.nearest(yaw, pitch, appearance(crop), big=True, male=male)
         rng = np.random.default_rng(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
-        order = rng.permutation(len(near))
-        track = _Track(donor=int(near[order[0]]), safe=self.check is None)
-        if self.check is not None:
-            person = self.check.person(scene, face)
-            for j in order[:3]:
-                trial = _Track(donor=int(near[j]))
-                out = frame.copy()
-                self.render(out, face, trial, seed, person)
-                key = self.check.passed(person, out, face)
-                if key is not None:
-                    track = trial
-                    track.checked = key
-                    break
-                self.stats["too_similar"] += 1
-        self._tracks[seed] = track
-        self.stats["new_tracks"] += 1
-        while len(self._tracks) > self.max_tracks:
-            self._tracks.popitem(last=False)
-        return track
+        order = [int(near[j]) for j in rng.permutation(len(near)) if int(near[j]) not in tried]
+        if self.check is None or not order:
+            return _Track(donor=order[0] if order else int(near[0]), safe=self.check is None, tried=tried)
+        person = self.check.person(scene, face)
+        for donor in order[:TRIES]:
+            trial = _Track(donor=donor)
+            out = frame.copy()
+            self.render(out, face, trial, seed, person)
+            key = self.check.passed(person, out, face)
+            if key is not None:
+                trial.checked = key
+                trial.tried = tried
+                return trial
+            self.stats["too_similar"] += 1
+            tried += (donor,)
+        return _Track(donor=order[0], safe=False, tried=tried, retry_at=self._frame_no + RETRY_FRAMES)
+
+    def _retry(self, frame: np.ndarray, face: Face, seed: int, track: _Track) -> _Track:
+        """An unsafe track whose wait is over, with time left in the frame's new-track budget and
+        candidates it has not tried: its next candidates (:meth:`_draw`). A person whose first
+        three candidates all stood too close kept the mosaic for the track's life: on the demo
+        clip the performer, for 103 frames."""
+        if (track.safe or self.check is None or self._frame_no < track.retry_at or len(track.tried) >= NEAREST
+                or (self.budget_ms is not None and self._frame_renders > 0 and self._spent_ms() > self.budget_ms)):
+            return track
+        self.stats["retried"] += 1
+        fresh = self._draw(frame, face, seed, track.tried)
+        self._tracks[seed] = fresh
+        return fresh
 
     def _drifted(self, track: _Track, face: Face) -> bool:
         """Has the face turned or neared since its donor last passed the recogniser check
