@@ -60,12 +60,14 @@ def test_only_a_sure_stranger_and_a_sure_donor_clash():
     donors = np.array([0.05, 0.5, 0.95, np.nan], np.float32)
     assert clash(0.9, donors).tolist() == [True, False, False, False]
     assert clash(0.1, donors).tolist() == [False, False, True, False]
+    assert clash(0.67, donors).tolist() == [True, False, False, False]  # a stranger who leans is enough...
+    assert not clash(0.9, np.array([0.3, 0.5], np.float32)).any()  # ...a donor must be sure
     assert not clash(0.6, donors).any() and not clash(float("nan"), donors).any()
 
 
 def test_men_get_men_s_donors_and_women_women_s(faces):
     """Twelve tracks per photo: with the classifier, no donor sure of the other sex is drawn for
-    a face it is sure of; without it (``match_sex=False``), such donors are drawn: the test can fail."""
+    any of these faces; without it (``match_sex=False``), such donors are drawn: the test can fail."""
     def others(match_sex: bool) -> int:
         anon = DonorAnonymizer(budget_ms=None, frame_budget_ms=None, match_sex=match_sex)
         wrong = 0
