@@ -141,7 +141,7 @@ class DonorConfig(Strict):
     refiner: bool = Field(False, description="render each donor composite into the scene with the distilled 1-step refiner (edge_agent/assets/REFINER.md); each refined face is checked with the recogniser, so it needs recognition enabled")
     refiner_model: Optional[Path] = Field(None, description="refiner ONNX; default: the packed edge_agent/assets/face_refiner.onnx")
     refine_budget_ms: float = Field(30, gt=0, description="per-frame time for refining; faces past it keep the unrefined donor composite for that frame")
-    match_sex: bool = Field(True, description="draw each stranger's donor among donors of their apparent sex when the small classifier is sure of it (edge_agent/assets/APPARENT_SEX.md); the score never leaves the process")
+    match_sex: bool = Field(True, description="draw each stranger's donor among donors of their apparent sex when the small classifier leans to one side (edge_agent/assets/APPARENT_SEX.md); the score never leaves the process")
 
 
 class AnonymizerConfig(Strict):

@@ -641,7 +641,7 @@ class DonorAnonymizer(TrackedAnonymizer):
     refine_budget_ms: per-frame time for refining; later faces of that frame keep the unrefined
         (already anonymized) composite.
     match_sex: a new track draws among donors of the stranger's apparent sex when the small
-        classifier (:mod:`~edge_agent.anonymize.apparent_sex`) is sure of it.
+        classifier (:mod:`~edge_agent.anonymize.apparent_sex`) leans to one side.
     """
 
     name = "donor"
