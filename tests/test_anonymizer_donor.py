@@ -735,7 +735,7 @@ def test_the_hairline_does_not_smear_into_a_close_up_s_forehead(monkeypatch):
 def test_a_track_whose_first_donors_were_all_too_close_tries_the_next_ones_later(models, one_frame):
     """All of a new track's first candidates too close to the person (an impossible bound here):
     the mosaic, and ``RETRY_FRAMES`` later its next candidates, never those it tried. Before, such
-    a track kept the mosaic for its life: the demo clip's performer for 103 frames."""
+    a track kept the mosaic for its life: the demo clip's performer."""
     from edge_agent.anonymize.classical import Pixelate
     from edge_agent.anonymize.donor import RETRY_FRAMES, TRIES
 

@@ -848,7 +848,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         """An unsafe track whose wait is over, with time left in the frame's new-track budget and
         candidates it has not tried: its next candidates (:meth:`_draw`). A person whose first
         three candidates all stood too close kept the mosaic for the track's life: on the demo
-        clip the performer, for 103 frames."""
+        clip, the performer."""
         if (track.safe or self.check is None or self._frame_no < track.retry_at or len(track.tried) >= NEAREST
                 or (self.budget_ms is not None and self._frame_renders > 0 and self._spent_ms() > self.budget_ms)):
             return track

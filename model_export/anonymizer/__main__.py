@@ -166,12 +166,12 @@ def main(argv=None) -> None:
     a.add_argument("--max-similarity", type=float, default=None, help="override the generative modes' recogniser bound")
 
     a = sub.add_parser("sex-classifier", help="train the apparent-sex classifier that steers the donor choice (LFW by first name + hand-labelled donors)")
-    a.add_argument("--shared", type=Path, required=True)
-    a.add_argument("--data", type=Path, default=Path("data/anonymizer"), help="where `prepare` wrote lfw.npz")
+    a.add_argument("--data", type=Path, default=Path("data/anonymizer"), help="where `prepare` wrote lfw.npz and colour.npz")
     a.add_argument("--synth", type=Path, nargs="+", default=[Path("data/anonymizer/synth"), Path("data/anonymizer/synth_turned")])
     a.add_argument("--epochs", type=int, default=12)
     a.add_argument("--batch", type=int, default=128)
     a.add_argument("--out", type=Path, default=Path("edge_agent/assets/apparent_sex.onnx"))
+    a.add_argument("--evaluate", action="store_true", help="only score the model at --out on the held-out sets (no training)")
 
     a = sub.add_parser("misfit-check", help="turned heads of the clips vs their originals after the donor mode's head blur, the flat blur and the mosaic")
     a.add_argument("--shared", type=Path, required=True)

@@ -1,6 +1,6 @@
 """`sex-classifier`: train the apparent-sex classifier that steers the donor choice.
 
-    python -m model_export.anonymizer sex-classifier --shared $SHARED
+    python -m model_export.anonymizer sex-classifier
 
 Why: a donor is chosen by pose and skin tone; a man's short hair and beard around a woman's
 face with lipstick is the most visible failure on close-ups (3 of 6 deepface close-ups at 420 px
@@ -14,7 +14,8 @@ plus the synthetic donors hand-labelled in ``weights/donor_sex_labels.csv`` (202
 looking; children and faces I could not tell: ``unsure``, left out). Augmented toward cameras:
 small faces (down to 16 px and back), blur, sensor noise, gain, flips, shifts. Held out: the
 people ``prepare`` held out, and every colour photo of ../shared (scored against
-``PHOTO_SEX``). Exports ``edge_agent/assets/apparent_sex.onnx`` (input ``crop`` [N,1,64,64]:
+``PHOTO_SEX``), by the exported model as the agent runs it, by distance from 0.5 too
+(``--evaluate``: only that, for the committed model). Exports ``edge_agent/assets/apparent_sex.onnx`` (input ``crop`` [N,1,64,64]:
 the grey aligned crop, each standardised; output ``male`` [N]: P(male)).
 """
 
@@ -130,19 +131,11 @@ def donor_set(synth_dirs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     return np.array(crops), np.array(ys, np.float32)
 
 
-def photo_set(shared: Path, det) -> tuple[np.ndarray, np.ndarray]:
-    """(grey crops, labels) of the colour photos' largest faces."""
-    from edge_agent.anonymize.diffusion import aligned_crop
-
-    crops, ys = [], []
-    for r in csv.DictReader(open(Path(shared) / "faces/identities.csv")):
-        img = cv2.imread(str(Path(shared) / "faces" / r["path"]))
-        faces = [] if img is None or r["identity"] not in PHOTO_SEX else det.detect(img)
-        if faces:
-            crop, _, _ = aligned_crop(img, max(faces, key=lambda f: f.width), SIDE)
-            crops.append(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY))
-            ys.append(float(PHOTO_SEX[r["identity"]]))
-    return np.array(crops), np.array(ys, np.float32)
+def photo_set(data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(grey crops, labels) of the colour photos' faces, as ``prepare`` aligned them (colour.npz)."""
+    d = np.load(Path(data) / "colour.npz")
+    keep = np.array([str(i) in PHOTO_SEX for i in d["identity"]])
+    return d["y"][keep], np.array([PHOTO_SEX[str(i)] for i in d["identity"][keep]], np.float32)
 
 
 def augment(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -164,28 +157,46 @@ def augment(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def score(net: SexNet, grey: np.ndarray) -> np.ndarray:
-    net.eval()
-    with torch.no_grad():
-        return torch.sigmoid(net(torch.from_numpy(standardise(grey))[:, None])).numpy()
+BANDS = (0.0, 0.1, 0.15, 0.25, 0.51)  # distance of a score from 0.5: where the agent takes a side (LEANS) is chosen from these
 
 
 def report(name: str, p: np.ndarray, y: np.ndarray) -> str:
-    sure = np.abs(p - 0.5) >= 0.25
+    """Accuracy, overall and by distance from 0.5 (:data:`BANDS`)."""
+    d = np.abs(p - 0.5)
     right = (p > 0.5) == (y == 1)
+    bands = ", ".join(f"{lo:.2f}-{hi:.2f} from 0.5: {right[(d >= lo) & (d < hi)].mean():.2f} of {int(((d >= lo) & (d < hi)).sum())}"
+                      for lo, hi in zip(BANDS[:-1], BANDS[1:]) if ((d >= lo) & (d < hi)).any())
     return (f"{name}: accuracy {right.mean():.3f} of {len(y)} (men {right[y == 1].mean():.2f}, women {right[y == 0].mean():.2f}); "
-            f"{sure.mean():.0%} scored sure, {right[sure].mean() if sure.any() else float('nan'):.3f} of those right")
+            f"right by band: {bands}")
+
+
+def evaluate(model: Path, lfw: tuple, photos: tuple) -> None:
+    """The exported model, as the agent runs it (:class:`ApparentSex`), on the held-out sets."""
+    from edge_agent.anonymize.apparent_sex import ApparentSex
+
+    net = ApparentSex(model)
+
+    def scores(grey: np.ndarray) -> np.ndarray:
+        return np.array([net.score(cv2.cvtColor(np.clip(g, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)) for g in grey])
+
+    (lx, ly), (px, py) = lfw, photos
+    print(report("held-out LFW people (labels by first name)", scores(lx), ly))
+    print(report("colour photos (held out)", scores(px), py))
+    dark = px.astype(np.float32) * 0.35 + np.random.default_rng(0).normal(0, 5, px.shape)
+    print(report("colour photos, dark and noisy", scores(dark), py))
+    small = np.stack([cv2.resize(cv2.resize(g, (20, 20), interpolation=cv2.INTER_AREA), (SIDE, SIDE)) for g in px])
+    print(report("colour photos at 20 px", scores(small), py))
 
 
 def train_sex_classifier(args) -> None:
-    from edge_agent.models.yunet import YuNet
-    from model_export.anonymizer.data import yunet_path
-
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     lx, ly, lheld = lfw_set(args.data)
+    px, py = photo_set(args.data)
+    if args.evaluate:
+        evaluate(Path(args.out), (lx[lheld], ly[lheld]), (px, py))
+        return
     dx, dy = donor_set(args.synth)
-    px, py = photo_set(args.shared, YuNet(yunet_path(args.shared), threads=args.threads))
     x = np.concatenate([lx[~lheld], dx, dx])  # the donors twice: a colour domain the net must also serve
     y = np.concatenate([ly[~lheld], dy, dy])
     w = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean())).astype(np.float32)
@@ -209,15 +220,10 @@ def train_sex_classifier(args) -> None:
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    print(report("held-out LFW people", score(net, lx[lheld]), ly[lheld]))
-    print(report("colour photos (held out)", score(net, px), py))
-    dark = np.clip(px.astype(np.float32) * 0.35 + rng.normal(0, 5, px.shape), 0, 255)
-    print(report("colour photos, dark and noisy", score(net, dark), py))
-    small = np.stack([cv2.resize(cv2.resize(g, (20, 20), interpolation=cv2.INTER_AREA), (SIDE, SIDE)) for g in px])
-    print(report("colour photos at 20 px", score(net, small), py))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     net.eval()
     torch.onnx.export(Exported(net), torch.zeros(1, 1, SIDE, SIDE), str(out), input_names=["crop"], output_names=["male"],
                       dynamic_axes={"crop": {0: "n"}, "male": {0: "n"}}, opset_version=17, dynamo=False)
     print(f"sex-classifier: wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
+    evaluate(out, (lx[lheld], ly[lheld]), (px, py))
