@@ -21,6 +21,7 @@ MODEL = Path(__file__).resolve().parent.parent / "assets" / "apparent_sex.onnx"
 SIDE = 64  # the net's input: the aligned crop (template margin as the donors'), grey
 SURE = 0.25  # a donor scored this far from 0.5 or farther is taken as of that apparent sex...
 LEANS = 0.15  # ...and a stranger from this far: right on 0.77 of held-out LFW faces scored 0.15-0.25 from 0.5 (0.95 past 0.25), where a random donor is of the other sex half the time
+UNSURE_COST = 3.0  # a donor of no sure sex, for a sure stranger: this much farther (DonorBank.nearest's pose and tone units; its 12th nearest lies ~2 away)
 
 
 def standardise(grey: np.ndarray) -> np.ndarray:
@@ -49,12 +50,31 @@ class ApparentSex:
         return p
 
 
+def leans(stranger: float) -> bool:
+    """Does a stranger's score take a side?"""
+    return bool(np.isfinite(stranger)) and abs(stranger - 0.5) >= LEANS
+
+
+def unsure_cost(stranger: float, donors: np.ndarray) -> np.ndarray:
+    """Per donor score, what drawing it costs a stranger the net is sure of (``SURE`` from 0.5)
+    when the donor is not sure of that sex (a child, a face nobody could tell, NaN):
+    ``UNSURE_COST``; else 0. Left at par with the sure ones, such donors went to men as faces that
+    read as old women (a grid of held-out synthetic faces, 2026-12-05). A stranger who only leans
+    (right on 0.77) keeps them at par: a child's face is the softer landing when the net is wrong."""
+    donors = np.asarray(donors, np.float32)
+    if not (np.isfinite(stranger) and abs(stranger - 0.5) >= SURE):
+        return np.zeros(donors.shape, np.float32)
+    with np.errstate(invalid="ignore"):
+        same = (np.abs(donors - 0.5) >= SURE) & ((donors > 0.5) == (stranger > 0.5))
+    return np.where(same, 0.0, UNSURE_COST).astype(np.float32)
+
+
 def clash(stranger: float, donors: np.ndarray) -> np.ndarray:
     """Bool per donor score: sure of the other sex than the one a stranger's score leans to. A
     stranger or donor near 0.5 (a child, a face the net cannot tell) clashes with nobody; NaN never
     clashes."""
     donors = np.asarray(donors, np.float32)
-    if not np.isfinite(stranger) or abs(stranger - 0.5) < LEANS:
+    if not leans(stranger):
         return np.zeros(donors.shape, bool)
     with np.errstate(invalid="ignore"):
         return (np.abs(donors - 0.5) >= SURE) & ((donors > 0.5) != (stranger > 0.5))

@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 
 from edge_agent.align import similarity_transform, template
-from edge_agent.anonymize.apparent_sex import ApparentSex, clash
+from edge_agent.anonymize.apparent_sex import ApparentSex, clash, unsure_cost
 from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_ellipse, face_region
 from edge_agent.anonymize.descriptors import appearance, lab_pixels, pose, tone_mask
 from edge_agent.anonymize.diffusion import MARGIN, BudgetExceeded, _blur, aligned_crop, shrunk
@@ -349,6 +349,7 @@ class DonorBank:
             yaw, pitch, tone = z["yaw"], z["pitch"], z["tone"][:, :3]
             big = z["big"].astype(np.int64) if "big" in z.files else np.zeros(0, np.int64)
             male = z["male"].astype(np.float32) if "male" in z.files else np.full(len(yaw), np.nan, np.float32)
+            occluded = z["occluded"].astype(bool) if "occluded" in z.files else np.zeros(len(yaw), bool)
             if len(big):
                 self.jpeg_big, self.offsets_big = z["jpeg_big"], z["offsets_big"]
                 self.landmarks_big = z["landmarks_big"].astype(np.float32)
@@ -362,6 +363,8 @@ class DonorBank:
         self.tone = np.concatenate([tone, tone]).astype(np.float32)
         if len(male) != n:
             raise ValueError(f"{path}: malformed apparent-sex scores")
+        if len(occluded) != n:
+            raise ValueError(f"{path}: malformed occluder flags")
         self.male = np.concatenate([male, male])  # P(male) per donor, mirrors included (NaN: not scored)
         self.size = n
         self._big = np.full(n, -1, np.int64)  # donor -> its row among the close-up crops
@@ -370,6 +373,7 @@ class DonorBank:
         self._decoded: OrderedDict[int, np.ndarray] = OrderedDict()
         self._decoded_big: OrderedDict[int, np.ndarray] = OrderedDict()
         self._clear = _CLEAR_FOREHEAD.setdefault(self.sha256, np.full(n, -1, np.int8))
+        self._clear[occluded] = 0  # a hand on the chin, sunglasses: never drawn
 
     def has_big(self, i: int) -> bool:
         """Does donor ``i`` have a 256 px crop?"""
@@ -384,8 +388,10 @@ class DonorBank:
         those that may be chosen (:meth:`clear`; a bank with fewer such donors: among all).
         ``big``: among those with a 256 px crop, when the bank has any (a face that may come close).
         ``male``: the stranger's apparent-sex score; donors sure of the other sex are left out
-        (:func:`~edge_agent.anonymize.apparent_sex.clash`), unless that leaves fewer than ``k``."""
+        (:func:`~edge_agent.anonymize.apparent_sex.clash`), unless that leaves fewer than ``k``, and
+        those of no sure sex count as farther (:func:`~edge_agent.anonymize.apparent_sex.unsure_cost`)."""
         d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + (((self.tone - tone[:3]) / TONE_SCALE) ** 2).sum(1)
+        d = d + unsure_cost(male, self.male)
         if big and self._with_big.any():
             d = np.where(self._with_big, d, np.inf)
         other = clash(male, self.male)
@@ -398,7 +404,8 @@ class DonorBank:
     def clear(self, i: int) -> bool:
         """May donor ``i`` be chosen? Not when a fringe, cap or hat covers its upper forehead
         (:func:`forehead_cover`): pasted, it would paint hair onto a bare forehead. Scanned at half
-        size the first time a choice reaches the donor: the whole bank was scanned at every start."""
+        size the first time a choice reaches the donor: the whole bank was scanned at every start.
+        Nor when the bank flags it ``occluded`` (a hand on its chin, sunglasses)."""
         base = int(i) % self.size
         if self._clear[base] < 0:
             self._clear[base] = int(clear_forehead(self.jpeg[self.offsets[base]:self.offsets[base + 1]]))

@@ -12,6 +12,7 @@ byte array with offsets, so the agent reads the file with ``allow_pickle=False``
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from pathlib import Path
 
@@ -92,6 +93,17 @@ def apparent_sex(data: dict, rows: np.ndarray, metas: list[str]) -> np.ndarray:
     return np.array(out, np.float32)
 
 
+OCCLUDERS = Path(__file__).resolve().parent / "weights" / "donor_occluders.csv"
+
+
+def occluded(data: dict, rows: np.ndarray, metas: list[str]) -> np.ndarray:
+    """Per donor: does ``weights/donor_occluders.csv`` name it (generator index and synth run)?
+    Close-up donors with a hand on the chin or sunglasses, found by looking at all 480: pasted,
+    the hand lands on a stranger's chin and sunglasses go indoors; the agent never draws them."""
+    named = {(int(r["generator_index"]), r["synth_run"]) for r in csv.DictReader(open(OCCLUDERS))}
+    return np.array([(int(data["index"][i]), metas[data["run"][i]]) in named for i in rows], bool)
+
+
 def grid(bank: Path, out: Path, rows: int = 4, cols: int = 12, side: int = 80) -> None:
     """A contact sheet of the bank's first donors (synthetic people only: safe to commit and show)."""
     with np.load(bank, allow_pickle=False) as z:
@@ -146,6 +158,7 @@ def pack(synth_dirs: list[Path], out: Path, limit: int = 0, big: int = BIG) -> s
         offsets_big=np.cumsum([0] + [b.size for b in big_blobs]).astype(np.int64),
         landmarks_big=big_lm,
         male=male,
+        occluded=occluded(data, keep, metas),
         source=np.array(f"MobileStyleGAN (random-face 2021.7.21.1) {meta}, crop 128 margin 0.25, {len(chosen)} also at {BIG_SIDE}"),
     )
     tmp.rename(out)
