@@ -102,6 +102,7 @@ SIDE_BAND = 0.6  # ...and, below the eyes, past this share of the paste's half w
 FEATHER = 0.25  # the paste's feather, in ellipse radii: coarse shading meets the frame over it...
 DETAIL_FEATHER = 0.08  # ...fine detail over this much (two-band blend, :func:`paste`)
 OWN_BLUR_FROM = 0.5  # eye-to-mouth spans above the eyes: from there up the strong blur is of the face's own pixels (:func:`core_blur`)
+ROUNDING_VAR = 1 / 12  # grey levels^2: the variance rounding to uint8 adds (a white noise: 20x that in the Laplacian's variance)
 DETAIL_SIGMA = 1.5  # frame px: the split between the fine band and the coarse one
 
 
@@ -516,12 +517,21 @@ def match_camera(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, rng:
     if mask.sum() < 16:
         return donor
     g_o = cv2.cvtColor(original, cv2.COLOR_BGR2GRAY).astype(np.float32)
-    target = _detail(g_o, mask)
+    # the original's detail and noise include its rounding to whole grey levels, which the paste's
+    # uint8 output adds to the donor again: matched as measured, a defocused close-up's donor came
+    # out 1.3-1.6x as detailed as the scene (its only fine detail is that rounding)
+    target = np.sqrt(max(_detail(g_o, mask) ** 2 - 20.0 * ROUNDING_VAR, 0.0))
     g_d = cv2.cvtColor(np.asarray(donor, np.float32), cv2.COLOR_BGR2GRAY)
     have = _detail(g_d, mask)
     out = donor
     if have > target * 1.05:
         lo, hi = 0.0, 4.0
+        # a defocused close-up needs more than 4 px: the bracket doubles while the blur at its top
+        # still leaves the donor sharper (on a 400 px face out of focus by 8 px a 4 px cap left it
+        # at 1.36x the scene's detail), up to a tenth of the face's side
+        limit = max(4.0, float(np.sqrt(mask.sum())) / 10.0)
+        while hi < limit and _detail(cv2.GaussianBlur(g_d, (0, 0), hi), mask) > target:
+            lo, hi = hi, min(2.0 * hi, limit)
         for _ in range(6):  # bisect the blur whose detail matches
             mid = (lo + hi) / 2
             if _detail(cv2.GaussianBlur(g_d, (0, 0), mid), mask) > target:
@@ -537,7 +547,7 @@ def match_camera(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, rng:
     # the camera's noise floor, or the fine detail still missing after the capped sharpening
     # (an enlarged donor has none to sharpen; past the cap JPEG blocks turn to crinkles)
     missing = np.sqrt(max(target ** 2 - _detail(g_now, mask) ** 2, 0.0)) / np.sqrt(20.0)
-    add = max(np.sqrt(max(_noise(g_o, mask) ** 2 - _noise(g_now, mask) ** 2, 0.0)), min(missing, GRAIN_MAX))
+    add = max(np.sqrt(max(_noise(g_o, mask) ** 2 - ROUNDING_VAR - _noise(g_now, mask) ** 2, 0.0)), min(missing, GRAIN_MAX))
     if add > 0.3:
         out = out + (add * rng.standard_normal(out.shape[:2], dtype=np.float32))[..., None]
     return out
