@@ -105,3 +105,24 @@ def test_pack_refuses_runs_that_share_indices(tmp_path):
     b = _synth_run(tmp_path / "b", 0, [0.5] * 4, [0.9] * 4, "seed=9 psi=0.7 turned")
     with pytest.raises(SystemExit, match="share generator indices"):
         pack([a, b], tmp_path / "bank.npz")
+
+
+def test_pack_flags_the_donors_the_occluder_list_names_and_the_bank_never_draws_them(tmp_path, monkeypatch):
+    """A donor named in the occluder list (generator index and synth run) is flagged ``occluded``;
+    the same index of another run is not. The bank leaves the flagged one out of its choice for
+    a face of exactly its pose."""
+    import model_export.anonymizer.donor_bank as donor_bank
+
+    plain = _synth_run(tmp_path / "plain", 0, [0.0, 0.1, 0.2, 0.3], [0.9] * 4, "seed=9 psi=0.7")
+    turned = _synth_run(tmp_path / "turned", 100, [0.4, 0.5, 0.6, 0.7], [0.9] * 4, "seed=9 psi=0.7 turned")
+    names = tmp_path / "occluders.csv"
+    names.write_text("generator_index,synth_run,occluder\n1,seed=9 psi=0.7,hand\n101,seed=9 psi=0.7,hand\n")
+    monkeypatch.setattr(donor_bank, "OCCLUDERS", names)
+    out = tmp_path / "bank.npz"
+    pack([plain, turned], out, big=0)
+    with np.load(out, allow_pickle=False) as z:
+        flagged = z["index"][z["occluded"]].tolist()
+    assert flagged == [1]  # 101 is of the turned run, which the list does not name
+    bank = DonorBank(out)
+    row = int(np.nonzero(np.load(out)["index"] == 1)[0][0])
+    assert not bank.clear(row) and row not in bank.nearest(0.1, 0.55, np.float32([60, 10, 15]), k=3)

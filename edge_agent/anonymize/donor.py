@@ -102,6 +102,12 @@ SIDE_BAND = 0.6  # ...and, below the eyes, past this share of the paste's half w
 FEATHER = 0.25  # the paste's feather, in ellipse radii: coarse shading meets the frame over it...
 DETAIL_FEATHER = 0.08  # ...fine detail over this much (two-band blend, :func:`paste`)
 OWN_BLUR_FROM = 0.5  # eye-to-mouth spans above the eyes: from there up the strong blur is of the face's own pixels (:func:`core_blur`)
+ANGLES = np.linspace(0.0, np.pi, 24, endpoint=False)  # directions a scene's blur is looked for in
+MOTION_FLOOR = 2.5  # a smear (match_smear): the original weaker against the donor along one direction than across it by this much...
+OWN_FLOOR = 1.25  # ...and against its own coarser scale by this much...
+MAX_APART = np.radians(20)  # ...in directions this close (either alone also fired on sharp faces, one face's features against another's)
+SMEAR_MIN_PX = 48  # a smaller paste is not looked at for a smear (a few pixels of detail: it fired on sharp 40 px faces)
+MOTION_SLACK = 1.3  # what of a smear is left unmatched (matched whole, a donor with glasses came out smeared past the scene)
 ROUNDING_VAR = 1 / 12  # grey levels^2: the variance rounding to uint8 adds (a white noise: 20x that in the Laplacian's variance)
 DETAIL_SIGMA = 1.5  # frame px: the split between the fine band and the coarse one
 
@@ -509,6 +515,72 @@ def _noise(gray: np.ndarray, mask: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(hp[mask])))
 
 
+def _gradient_tensor(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """2x2 mean outer product of the grey image's gradient over ``mask``."""
+    gx, gy = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)[mask], cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)[mask]
+    xy = float(np.mean(gx * gy))
+    return np.array([[np.mean(gx * gx), xy], [xy, np.mean(gy * gy)]], np.float64)
+
+
+def blur_direction(original: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(angle in radians, strength) of a directional blur of ``original`` against ``reference``
+    (grey, the same pixels): the direction in which the original's gradient energy falls furthest
+    below the reference's (a motion blur wipes the gradients along the motion), and by how much
+    more than in the direction where it falls least."""
+    t_o, t_d = _gradient_tensor(original, mask), _gradient_tensor(reference, mask)
+    u = np.stack([np.cos(ANGLES), np.sin(ANGLES)], 1)
+    ratio = np.einsum("ni,ij,nj->n", u, t_o, u) / np.maximum(np.einsum("ni,ij,nj->n", u, t_d, u), 1e-6)
+    k = int(np.argmin(ratio))
+    return float(ANGLES[k]), float(ratio.max() / max(ratio[k], 1e-9))
+
+
+def smear(img: np.ndarray, sigma: float, angle: float) -> np.ndarray:
+    """A Gaussian blur of ``sigma`` px in direction ``angle`` only (a motion blur's look)."""
+    r = int(np.ceil(3.0 * sigma))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float32)
+    u = xx * np.cos(angle) + yy * np.sin(angle)
+    v = -xx * np.sin(angle) + yy * np.cos(angle)
+    kernel = np.exp(-0.5 * ((u / sigma) ** 2 + (v / 0.5) ** 2))
+    return cv2.filter2D(img, -1, kernel / kernel.sum(), borderType=cv2.BORDER_REFLECT)
+
+
+def match_smear(donor: np.ndarray, g_o: np.ndarray, g_d: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(donor, its grey) smeared along the scene's motion blur until its gradients along the smear
+    have fallen as far against those across it as the original's (less ``MOTION_SLACK``): the
+    even blur of :func:`match_camera` alone matched the detail but kept the donor's eyes, brows and
+    glasses crisp in a moving or panning shot. A smear is taken as one when the original is
+    weaker along a direction against the donor (``MOTION_FLOOR``) and against its own coarser
+    scale (``OWN_FLOOR``: one face's features against another's also differ by direction), the
+    two directions agreeing (``MAX_APART``); else the donor is left as it is."""
+    if mask.sum() < SMEAR_MIN_PX ** 2:
+        return donor, g_d
+    angle, strength = blur_direction(g_o, g_d, mask)
+    own_angle, own_strength = blur_direction(g_o, cv2.GaussianBlur(g_o, (0, 0), 1.5), mask)
+    apart = abs((angle - own_angle + np.pi / 2) % np.pi - np.pi / 2)
+    if strength < MOTION_FLOOR or own_strength < OWN_FLOOR or apart > MAX_APART:
+        return donor, g_d
+    u = np.array([np.cos(angle), np.sin(angle)])
+    v = np.array([-u[1], u[0]])
+    t_o = _gradient_tensor(g_o, mask)
+    # the original's energy along / across, less what one face's features differ from another's
+    want = MOTION_SLACK * (u @ t_o @ u) / max(v @ t_o @ v, 1e-9)
+
+    def along_across(sigma: float) -> float:
+        t = _gradient_tensor(smear(g_d, sigma, angle), mask)
+        return (u @ t @ u) / max(v @ t @ v, 1e-9)
+
+    lo, hi = 0.0, max(4.0, float(np.sqrt(mask.sum())) / 10.0)
+    if along_across(hi) > want:
+        lo = hi
+    for _ in range(6):
+        mid = (lo + hi) / 2
+        if along_across(mid) > want:
+            lo = mid
+        else:
+            hi = mid
+    return smear(donor, hi, angle), smear(g_d, hi, angle)
+
+
 def match_camera(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, rng: np.random.Generator, upscale: float = 1.0) -> np.ndarray:
     """Donor (float32 BGR, frame pixels) blurred or sharpened so that its Laplacian detail matches
     the original's at the same pixels, then given the original's noise floor. ``upscale`` (frame
@@ -522,8 +594,8 @@ def match_camera(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, rng:
     # out 1.3-1.6x as detailed as the scene (its only fine detail is that rounding)
     target = np.sqrt(max(_detail(g_o, mask) ** 2 - 20.0 * ROUNDING_VAR, 0.0))
     g_d = cv2.cvtColor(np.asarray(donor, np.float32), cv2.COLOR_BGR2GRAY)
+    out, g_d = match_smear(np.asarray(donor, np.float32), g_o, g_d, mask)
     have = _detail(g_d, mask)
-    out = donor
     if have > target * 1.05:
         lo, hi = 0.0, 4.0
         # a defocused close-up needs more than 4 px: the bracket doubles while the blur at its top
@@ -539,10 +611,10 @@ def match_camera(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, rng:
             else:
                 hi = mid
         if hi > 0.05:
-            out = cv2.GaussianBlur(donor, (0, 0), hi)
+            out = cv2.GaussianBlur(out, (0, 0), hi)
     elif have < target * 0.95 and have > 1e-3:
         amount = float(np.clip(2.0 * (target / have - 1.0), 0.0, SHARPEN_MAX))
-        out = donor + amount * (donor - cv2.GaussianBlur(donor, (0, 0), 0.8 * max(1.0, upscale)))
+        out = out + amount * (out - cv2.GaussianBlur(out, (0, 0), 0.8 * max(1.0, upscale)))
     g_now = cv2.cvtColor(np.asarray(out, np.float32), cv2.COLOR_BGR2GRAY)
     # the camera's noise floor, or the fine detail still missing after the capped sharpening
     # (an enlarged donor has none to sharpen; past the cap JPEG blocks turn to crinkles)
