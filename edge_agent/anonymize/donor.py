@@ -71,6 +71,8 @@ TRIES = 3  # candidates a track renders and checks at once (each a render and an
 RETRY_FRAMES = 15  # ...and, all too close to the person, the next ones this many frames later (up to NEAREST in all)
 POSE_SCALE = np.array([0.08, 0.06], np.float32)  # yaw, pitch units: a "close" pose
 TONE_SCALE = np.array([14.0, 4.0, 4.0], np.float32)  # L*, a*, b* units: a "close" skin tone
+GREY_WEIGHTS = np.array([0.114, 0.587, 0.299], np.float32)  # B, G, R: OpenCV's grey level
+TONE_CAP = 4.0  # the most one tone component adds to a donor's distance (two "close" units: its 12th nearest lies ~2 away in all)
 STAT_SMOOTHING = 0.35  # weight of the current frame in the per-track colour statistics
 MIRROR = (1, 0, 2, 4, 3)  # landmark order after a horizontal flip
 TPS_LATTICE = 33  # thin-plate spline evaluated on this many nodes a side
@@ -397,7 +399,10 @@ class DonorBank:
         ``male``: the stranger's apparent-sex score; donors sure of the other sex are left out
         (:func:`~edge_agent.anonymize.apparent_sex.clash`), unless that leaves fewer than ``k``, and
         those of no sure sex count as farther (:func:`~edge_agent.anonymize.apparent_sex.unsure_cost`)."""
-        d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + (((self.tone - tone[:3]) / TONE_SCALE) ** 2).sum(1)
+        # each tone component counts up to TONE_CAP: under a coloured stage light no donor's skin
+        # is near the stranger's, and uncapped the colour outweighed the pose (a child turned to one
+        # side was drawn onto a frontal face under green light, torn apart by the warp)
+        d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + np.minimum(((self.tone - tone[:3]) / TONE_SCALE) ** 2, TONE_CAP).sum(1)
         d = d + unsure_cost(male, self.male)
         if big and self._with_big.any():
             d = np.where(self._with_big, d, np.inf)
@@ -469,7 +474,7 @@ class ColourStats:
     @classmethod
     def of(cls, bgr: np.ndarray, inner: np.ndarray) -> "ColourStats":
         skin = bgr[tone_mask(bgr.shape[0])].astype(np.float32)
-        grey = bgr[inner].astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
+        grey = bgr[inner].astype(np.float32) @ GREY_WEIGHTS
         return cls(np.median(skin, 0), max(float(grey.std()), 1.0))
 
     def blend(self, new: "ColourStats", weight: float) -> "ColourStats":
@@ -484,12 +489,21 @@ def shading_sigma(degree: float, size: int) -> float:
 
 def transfer(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, inner: np.ndarray,
              target: ColourStats, degree: float) -> np.ndarray:
-    """Donor (float32 BGR) given the stranger's brightness and colour cast (channel means), contrast
-    (one gain on all channels, so a dark, flat scene also mutes the donor's colours instead of
-    over-saturating them) and, below degree 2, the stranger's low-frequency shading."""
-    src = ColourStats.of(donor, inner)
+    """Donor (float32 BGR) given the stranger's brightness and colour cast (channel medians of the
+    skin, as per-channel gains), contrast (one gain on all channels, so a dark, flat scene also
+    mutes the donor's colours instead of over-saturating them) and, below degree 2, the
+    stranger's low-frequency shading."""
+    # the cast and brightness as a per-channel gain (a light's colour scales each channel): shifted
+    # instead, under a green or blue stage light a donor's beard and lips went below zero in the
+    # other channels and came out as saturated green or blue blotches
+    scaled = donor * (target.mean / np.maximum(ColourStats.of(donor, inner).mean, 8.0))
+    src = ColourStats.of(np.clip(scaled, 0, 255), inner)
     gain = float(np.clip(target.spread / src.spread, 0.2, 1.3))
-    out = (donor - src.mean) * gain + target.mean
+    # the contrast on the grey level only, each pixel's channels scaled alike: a shadow the gain
+    # takes below black goes black, not to the colour of the channels that stayed above it
+    grey = scaled @ GREY_WEIGHTS
+    level = float(target.mean @ GREY_WEIGHTS)
+    out = scaled * (np.maximum((grey - level) * gain + level, 0.0) / np.maximum(grey, 1.0))[..., None]
     shade = float(np.clip(2.0 - degree, 0.0, 1.0))
     if shade > 0:
         sig = shading_sigma(degree, donor.shape[0])
