@@ -72,6 +72,7 @@ RETRY_FRAMES = 15  # ...and, all too close to the person, the next ones this man
 POSE_SCALE = np.array([0.08, 0.06], np.float32)  # yaw, pitch units: a "close" pose
 TONE_SCALE = np.array([14.0, 4.0, 4.0], np.float32)  # L*, a*, b* units: a "close" skin tone
 GREY_WEIGHTS = np.array([0.114, 0.587, 0.299], np.float32)  # B, G, R: OpenCV's grey level
+GREY_CHROMA = 2.0  # a crop whose mean |a*|, |b*| is under this is a grey (infrared) image
 TONE_CAP = 4.0  # the most one tone component adds to a donor's distance (two "close" units: its 12th nearest lies ~2 away in all)
 STAT_SMOOTHING = 0.35  # weight of the current frame in the per-track colour statistics
 MIRROR = (1, 0, 2, 4, 3)  # landmark order after a horizontal flip
@@ -393,7 +394,8 @@ class DonorBank:
         return int(self._big[int(i) % self.size]) if big else -1
 
     def nearest(self, yaw: float, pitch: float, tone: np.ndarray, k: int = NEAREST, big: bool = False, male: float = np.nan) -> np.ndarray:
-        """Indices (``>= size``: mirrored) of the ``k`` donors closest in pose and skin tone, among
+        """Indices (``>= size``: mirrored) of the ``k`` donors closest in pose and skin tone (a NaN
+        component of ``tone`` is not compared), among
         those that may be chosen (:meth:`clear`; a bank with fewer such donors: among all).
         ``big``: among those with a 256 px crop, when the bank has any (a face that may come close).
         ``male``: the stranger's apparent-sex score; donors sure of the other sex are left out
@@ -402,7 +404,7 @@ class DonorBank:
         # each tone component counts up to TONE_CAP: under a coloured stage light no donor's skin
         # is near the stranger's, and uncapped the colour outweighed the pose (a child turned to one
         # side was drawn onto a frontal face under green light, torn apart by the warp)
-        d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + np.minimum(((self.tone - tone[:3]) / TONE_SCALE) ** 2, TONE_CAP).sum(1)
+        d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + np.nansum(np.minimum(((self.tone - tone[:3]) / TONE_SCALE) ** 2, TONE_CAP), 1)
         d = d + unsure_cost(male, self.male)
         if big and self._with_big.any():
             d = np.where(self._with_big, d, np.inf)
@@ -487,16 +489,39 @@ def shading_sigma(degree: float, size: int) -> float:
     return size * (0.04 + 0.16 * float(np.clip(degree, 0.0, 1.0)))
 
 
+def skin_tone(crop: np.ndarray) -> np.ndarray:
+    """[L*, a*, b*] of an aligned crop's skin for the donor choice; a*, b* NaN (not compared) on a
+    grey image (an infrared camera): there every donor's colour was equally far, and the palest,
+    mostly children's, came first."""
+    tone = appearance(crop)[:3].copy()
+    lab = cv2.cvtColor(crop, cv2.COLOR_BGR2LAB).astype(np.float32)
+    if float(np.abs(lab[..., 1:] - 128.0).mean()) < GREY_CHROMA:
+        tone[1:] = np.nan
+    return tone
+
+
+def _colourfulness(bgr: np.ndarray, inner: np.ndarray, cast: np.ndarray) -> float:
+    """Mean distance of the pixels under ``inner`` from their grey level tinted by ``cast``."""
+    px = bgr[inner]
+    return float(np.linalg.norm(px - (px @ GREY_WEIGHTS)[:, None] * cast, axis=1).mean())
+
+
 def transfer(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, inner: np.ndarray,
              target: ColourStats, degree: float) -> np.ndarray:
     """Donor (float32 BGR) given the stranger's brightness and colour cast (channel medians of the
-    skin, as per-channel gains), contrast (one gain on all channels, so a dark, flat scene also
+    skin, as per-channel gains), at most the stranger's colourfulness, contrast (one gain on all channels, so a dark, flat scene also
     mutes the donor's colours instead of over-saturating them) and, below degree 2, the
     stranger's low-frequency shading."""
     # the cast and brightness as a per-channel gain (a light's colour scales each channel): shifted
     # instead, under a green or blue stage light a donor's beard and lips went below zero in the
     # other channels and came out as saturated green or blue blotches
     scaled = donor * (target.mean / np.maximum(ColourStats.of(donor, inner).mean, 8.0))
+    # no more colour than the scene shows around its cast: on an infrared (grey) camera the donor's
+    # pink lips and ruddy cheeks stayed in colour on a grey face
+    cast = target.mean / max(float(target.mean @ GREY_WEIGHTS), 1.0)
+    neutral = (scaled @ GREY_WEIGHTS)[..., None] * cast
+    keep = min(_colourfulness(original.astype(np.float32), inner, cast) / max(_colourfulness(scaled, inner, cast), 1e-3), 1.0)
+    scaled = neutral + keep * (scaled - neutral)
     src = ColourStats.of(np.clip(scaled, 0, 255), inner)
     gain = float(np.clip(target.spread / src.spread, 0.2, 1.3))
     # the contrast on the grey level only, each pixel's channels scaled alike: a shadow the gain
@@ -605,16 +630,15 @@ def match_camera(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, rng:
     g_o = cv2.cvtColor(original, cv2.COLOR_BGR2GRAY).astype(np.float32)
     # the original's detail and noise include its rounding to whole grey levels, which the paste's
     # uint8 output adds to the donor again: matched as measured, a defocused close-up's donor came
-    # out 1.3-1.6x as detailed as the scene (its only fine detail is that rounding)
+    # out more detailed than the scene (whose only fine detail is that rounding)
     target = np.sqrt(max(_detail(g_o, mask) ** 2 - 20.0 * ROUNDING_VAR, 0.0))
     g_d = cv2.cvtColor(np.asarray(donor, np.float32), cv2.COLOR_BGR2GRAY)
     out, g_d = match_smear(np.asarray(donor, np.float32), g_o, g_d, mask)
     have = _detail(g_d, mask)
     if have > target * 1.05:
         lo, hi = 0.0, 4.0
-        # a defocused close-up needs more than 4 px: the bracket doubles while the blur at its top
-        # still leaves the donor sharper (on a 400 px face out of focus by 8 px a 4 px cap left it
-        # at 1.36x the scene's detail), up to a tenth of the face's side
+        # a close-up far out of focus needs more than 4 px: the bracket doubles while the blur at
+        # its top still leaves the donor sharper, up to a tenth of the face's side
         limit = max(4.0, float(np.sqrt(mask.sum())) / 10.0)
         while hi < limit and _detail(cv2.GaussianBlur(g_d, (0, 0), hi), mask) > target:
             lo, hi = hi, min(2.0 * hi, limit)
@@ -928,7 +952,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         # every face may come close (a person walking up to a camera is first seen small): its
         # donor is one with a close-up crop
         male = self.apparent_sex.score(crop) if self.apparent_sex is not None else np.nan
-        near = self.bank.nearest(yaw, pitch, appearance(crop), big=True, male=male)
+        near = self.bank.nearest(yaw, pitch, skin_tone(crop), big=True, male=male)
         rng = np.random.default_rng(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
         order = [int(near[j]) for j in rng.permutation(len(near)) if int(near[j]) not in tried]
         if self.check is None or not order:
