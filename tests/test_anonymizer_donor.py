@@ -729,6 +729,35 @@ def test_on_an_infrared_grey_camera_the_new_face_is_grey_and_chosen_without_colo
         assert np.hypot(lab[..., 1] - 128, lab[..., 2] - 128).max() <= 3.0
 
 
+def test_a_surgical_mask_is_not_taken_for_the_skin(models):
+    """A pale-blue mask from just above the nose tip to below the chin: the skin colour the donor is
+    given is read above it (within 12 L*a*b* units of the unmasked face's, where the cheeks and
+    nose gave the mask's own colour, a pale-blue face); on the unmasked faces the cheeks and nose
+    are still where it is read."""
+    from edge_agent.anonymize.descriptors import lab_pixels, skin_mask, tone_mask
+    from edge_agent.anonymize.diffusion import aligned_crop
+    from edge_agent.anonymize.donor import ColourStats, paste_masks
+
+    _, _, photos = models
+    _, _, _, inner = paste_masks(128)
+
+    def lab(bgr):
+        return lab_pixels(np.clip(np.asarray(bgr, np.float32), 0, 255).astype(np.uint8).reshape(1, 1, 3), np.ones((1, 1), bool))[0]
+
+    for img, face in photos:
+        (x1, y1, x2, y2), nose = face.box, face.landmarks[2]
+        h = y2 - y1
+        masked = img.copy()
+        pts = np.array([[x1, nose[1] - 0.08 * h], [x2, nose[1] - 0.08 * h], [x2 - 0.1 * (x2 - x1), y2 + 0.05 * h], [x1 + 0.1 * (x2 - x1), y2 + 0.05 * h]], np.int32)
+        cv2.fillPoly(masked, [pts], (235, 215, 190))
+        bare, _, _ = aligned_crop(img, face, 128)
+        covered, _, _ = aligned_crop(masked, face, 128)
+        assert skin_mask(bare) is tone_mask(128)
+        skin = lab(ColourStats.of(covered, inner).mean)
+        assert np.linalg.norm(skin - lab(ColourStats.of(bare, inner).mean)) < 12.0, skin
+        assert np.linalg.norm(skin - lab((235, 215, 190))) > 20.0
+
+
 def test_close_up_is_drawn_from_the_donor_s_256_px_crop(shared_dir, models):
     """A face from ``LARGE_FACE_PX`` wide whose donor the bank holds at 256 px is drawn from that
     crop: more real skin, eye and hair-line detail (the 2-6 px band of the face's centre) than the

@@ -39,6 +39,37 @@ def tone_mask(size: int, margin: float = 0.25) -> np.ndarray:
     return m > 0
 
 
+COVERED_DE = 20.0  # L*a*b* distance between cheeks-and-nose and forehead-and-under-eyes past which...
+WARMER = 8.0  # ...the upper face, this much warmer (a* + b*), is the skin and the lower face covered
+
+
+@lru_cache(maxsize=4)
+def upper_skin_mask(size: int, margin: float = 0.25) -> np.ndarray:
+    """The low forehead and just under the eyes of an aligned crop (template space): skin above a
+    surgical mask or a scarf."""
+    t = template(size, margin)
+    eyes_y = (t[0, 1] + t[1, 1]) / 2
+    span = (t[3, 1] + t[4, 1]) / 2 - eyes_y
+    m = np.zeros((size, size), np.uint8)
+    cv2.circle(m, (int(round((t[0, 0] + t[1, 0]) / 2)), int(round(eyes_y - 0.55 * span))), max(1, int(round(0.08 * size))), 255, -1)
+    for x in (t[0, 0], t[1, 0]):
+        cv2.circle(m, (int(round(x)), int(round(eyes_y + 0.2 * span))), max(1, int(round(0.045 * size))), 255, -1)
+    return m > 0
+
+
+def skin_mask(crop_bgr: np.ndarray) -> np.ndarray:
+    """Where an aligned crop's skin colour is read: the cheeks and nose (:func:`tone_mask`), or,
+    when they differ from the upper face by ``COVERED_DE`` and are colder by ``WARMER``, the upper
+    face (:func:`upper_skin_mask`): under a surgical mask the donor took the mask's pale blue as
+    its skin."""
+    size = crop_bgr.shape[0]
+    crop = np.clip(crop_bgr, 0, 255).astype(np.uint8)
+    low = np.median(lab_pixels(crop, tone_mask(size)), 0)
+    up = np.median(lab_pixels(crop, upper_skin_mask(size)), 0)
+    covered = float(np.linalg.norm(low - up)) > COVERED_DE and (up[1] + up[2]) - (low[1] + low[2]) > WARMER
+    return upper_skin_mask(size) if covered else tone_mask(size)
+
+
 def lab_pixels(crop_bgr: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """[N, 3] L*a*b* of the masked pixels (L* in 0-100, a*/b* centred on 0)."""
     px = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2LAB)[mask].astype(np.float32)

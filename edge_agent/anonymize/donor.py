@@ -53,7 +53,7 @@ import numpy as np
 from edge_agent.align import similarity_transform, template
 from edge_agent.anonymize.apparent_sex import ApparentSex, clash, unsure_cost
 from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_ellipse, face_region
-from edge_agent.anonymize.descriptors import appearance, lab_pixels, pose, tone_mask
+from edge_agent.anonymize.descriptors import appearance, lab_pixels, pose, skin_mask, tone_mask
 from edge_agent.anonymize.diffusion import MARGIN, BudgetExceeded, _blur, aligned_crop, shrunk
 from edge_agent.anonymize.identity_check import IdentityCheck, drifted
 from edge_agent.faces import Face
@@ -467,15 +467,16 @@ class DonorBank:
 # -- appearance -------------------------------------------------------------------------------
 @dataclass
 class ColourStats:
-    """The skin's colour (per-channel BGR medians over cheeks and nose: teeth, eyes and beard do
-    not shift it) and the luminance spread over the inner face (contrast)."""
+    """The skin's colour (per-channel BGR medians over cheeks and nose, or the upper face above a
+    surgical mask: :func:`~edge_agent.anonymize.descriptors.skin_mask`) and the luminance spread
+    over the inner face (contrast)."""
 
     mean: np.ndarray  # [3] B, G, R
     spread: float  # std of the grey level
 
     @classmethod
     def of(cls, bgr: np.ndarray, inner: np.ndarray) -> "ColourStats":
-        skin = bgr[tone_mask(bgr.shape[0])].astype(np.float32)
+        skin = bgr[skin_mask(bgr)].astype(np.float32)
         grey = bgr[inner].astype(np.float32) @ GREY_WEIGHTS
         return cls(np.median(skin, 0), max(float(grey.std()), 1.0))
 
@@ -539,7 +540,7 @@ def transfer(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, inner: n
         wsum = lo[..., 2] + 1e-4
         lo_o, lo_d = lo[..., 0] / wsum, lo[..., 1] / wsum
         delta = lo_o - lo_d
-        delta -= np.median(delta[tone_mask(donor.shape[0])])  # the skin's level stays the target's
+        delta -= np.median(delta[skin_mask(original)])  # the skin's level stays the target's
         out += (shade * delta)[..., None]
     return out
 
