@@ -947,3 +947,20 @@ def test_a_track_whose_first_donors_were_all_too_close_tries_the_next_ones_later
     out = one_frame(anon, img, face, 7)
     assert anon.stats["retried"] == 1 and anon.donor_of(7) is not None and anon.donor_of(7) not in first
     assert not np.array_equal(out, mosaic) and cosine(emb, img, out, face) < 0.25
+
+
+def test_eval_realism_re_identifies_the_anonymizer_as_the_agent_builds_it(models_dir, tmp_path, capsys):
+    """eval-realism's "as deployed" re-ID row is the engine the x86 config builds, its recogniser
+    check included (what leaves the device); a config whose models are not there skips the row
+    and says why."""
+    from types import SimpleNamespace
+
+    from model_export.anonymizer.realism import deployed_mode
+
+    rows = deployed_mode(SimpleNamespace(config=ROOT / "device_configs/x86-cpu.yaml"))
+    (name, engine), = rows.items()
+    assert isinstance(engine, DonorAnonymizer) and engine.check is not None and "as deployed" in name
+    broken = tmp_path / "broken.yaml"
+    broken.write_text((ROOT / "device_configs/x86-cpu.yaml").read_text() + f"\nmodels:\n  dir: {tmp_path / 'nowhere'}\n")
+    assert deployed_mode(SimpleNamespace(config=broken)) == {}
+    assert "its re-ID row is skipped" in capsys.readouterr().out

@@ -132,6 +132,8 @@ def main(argv=None) -> None:
     a.add_argument("--dlib-probes", type=int, default=200, help="dlib re-ID probes (dlib is ~0.5 s a face here)")
     a.add_argument("--cache", type=Path, default=Path("build/anonymizer/dlib_gallery.npz"))
     a.add_argument("--out", type=Path, default=Path("reports/anonymizer"))
+    a.add_argument("--config", type=Path, default=Path("device_configs/x86-cpu.yaml"),
+                   help="also re-ID the anonymizer the agent builds from this config, its recogniser check included (what leaves the device)")
 
     a = sub.add_parser("classifier-probe", help="what lets the realism classifier tell donor faces from real ones (feature groups, own-face pastes, blur variants with re-ID)")
     a.add_argument("--shared", type=Path, required=True)
