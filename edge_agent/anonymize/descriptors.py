@@ -72,7 +72,10 @@ def skin_mask(crop_bgr: np.ndarray) -> np.ndarray:
 
 def lab_pixels(crop_bgr: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """[N, 3] L*a*b* of the masked pixels (L* in 0-100, a*/b* centred on 0)."""
-    px = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2LAB)[mask].astype(np.float32)
+    px = np.ascontiguousarray(crop_bgr[mask]).reshape(1, -1, 3)
+    if px.shape[1] == 0:
+        return np.zeros((0, 3), np.float32)
+    px = cv2.cvtColor(px, cv2.COLOR_BGR2LAB)[0].astype(np.float32)  # only the masked pixels: a close-up's crop is 65k
     return px * np.array([100 / 255, 1, 1], np.float32) - np.array([0, 128, 128], np.float32)
 
 

@@ -475,8 +475,9 @@ class ColourStats:
     spread: float  # std of the grey level
 
     @classmethod
-    def of(cls, bgr: np.ndarray, inner: np.ndarray) -> "ColourStats":
-        skin = bgr[skin_mask(bgr)].astype(np.float32)
+    def of(cls, bgr: np.ndarray, inner: np.ndarray, skin: np.ndarray | None = None) -> "ColourStats":
+        """``skin``: where the skin's colour is read, when the caller has it (else :func:`skin_mask`)."""
+        skin = bgr[skin_mask(bgr) if skin is None else skin].astype(np.float32)
         grey = bgr[inner].astype(np.float32) @ GREY_WEIGHTS
         return cls(np.median(skin, 0), max(float(grey.std()), 1.0))
 
@@ -516,14 +517,15 @@ def transfer(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, inner: n
     # the cast and brightness as a per-channel gain (a light's colour scales each channel): shifted
     # instead, under a green or blue stage light a donor's beard and lips went below zero in the
     # other channels and came out as saturated green or blue blotches
-    scaled = donor * (target.mean / np.maximum(ColourStats.of(donor, inner).mean, 8.0))
+    skin = skin_mask(donor)
+    scaled = donor * (target.mean / np.maximum(ColourStats.of(donor, inner, skin).mean, 8.0))
     # no more colour than the scene shows around its cast: on an infrared (grey) camera the donor's
     # pink lips and ruddy cheeks stayed in colour on a grey face
     cast = target.mean / max(float(target.mean @ GREY_WEIGHTS), 1.0)
     neutral = (scaled @ GREY_WEIGHTS)[..., None] * cast
     keep = min(_colourfulness(original.astype(np.float32), inner, cast) / max(_colourfulness(scaled, inner, cast), 1e-3), 1.0)
     scaled = neutral + keep * (scaled - neutral)
-    src = ColourStats.of(np.clip(scaled, 0, 255), inner)
+    src = ColourStats.of(np.clip(scaled, 0, 255), inner, skin)
     gain = float(np.clip(target.spread / src.spread, 0.2, 1.3))
     # the contrast on the grey level only, each pixel's channels scaled alike: a shadow the gain
     # takes below black goes black, not to the colour of the channels that stayed above it
