@@ -21,7 +21,7 @@ MODEL = Path(__file__).resolve().parent.parent / "assets" / "apparent_sex.onnx"
 SIDE = 64  # the net's input: the aligned crop (template margin as the donors'), grey
 SURE = 0.25  # a donor scored this far from 0.5 or farther is taken as of that apparent sex...
 LEANS = 0.15  # ...and a stranger from this far: right on 0.77 of held-out LFW faces scored 0.15-0.25 from 0.5 (0.95 past 0.25), where a random donor is of the other sex half the time
-UNSURE_COST = 3.0  # a donor of no sure sex, for a sure stranger: this much farther (DonorBank.nearest's pose and tone units; its 12th nearest lies ~2 away)
+UNSURE_COST = 3.0  # a donor of no sure sex (:func:`unsure_cost`): this much farther (DonorBank.nearest's pose and tone units; its 12th nearest lies ~2 away)
 
 
 def standardise(grey: np.ndarray) -> np.ndarray:
@@ -56,17 +56,21 @@ def leans(stranger: float) -> bool:
 
 
 def unsure_cost(stranger: float, donors: np.ndarray) -> np.ndarray:
-    """Per donor score, what drawing it costs a stranger the net is sure of (``SURE`` from 0.5)
-    when the donor is not sure of that sex (a child, a face nobody could tell, NaN):
-    ``UNSURE_COST``; else 0. Left at par with the sure ones, such donors went to men as faces that
-    read as old women (a grid of held-out synthetic faces, 2026-12-05). A stranger who only leans
-    (right on 0.77) keeps them at par: a child's face is the softer landing when the net is wrong."""
+    """Per donor score, what drawing it costs a scored stranger (``UNSURE_COST``; else 0): a donor
+    of no sure sex (a child, a face nobody could tell, NaN) for any stranger, and for a stranger
+    the net is sure of (``SURE`` from 0.5) also one not sure of that sex. At par, such donors went
+    to men as faces that read as old women (a grid of held-out synthetic faces), and a track
+    whose first frame the net could not read gave the demo clip's performer a baby's face for its
+    whole life (`make run`, 2026-12-05). A stranger not scored (``match_sex`` off, NaN) pays
+    nothing."""
     donors = np.asarray(donors, np.float32)
-    if not (np.isfinite(stranger) and abs(stranger - 0.5) >= SURE):
+    if not np.isfinite(stranger):
         return np.zeros(donors.shape, np.float32)
     with np.errstate(invalid="ignore"):
-        same = (np.abs(donors - 0.5) >= SURE) & ((donors > 0.5) == (stranger > 0.5))
-    return np.where(same, 0.0, UNSURE_COST).astype(np.float32)
+        ok = np.abs(donors - 0.5) >= SURE
+        if abs(stranger - 0.5) >= SURE:
+            ok &= (donors > 0.5) == (stranger > 0.5)
+    return np.where(ok, 0.0, UNSURE_COST).astype(np.float32)
 
 
 def clash(stranger: float, donors: np.ndarray) -> np.ndarray:
