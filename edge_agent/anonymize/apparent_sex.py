@@ -59,10 +59,9 @@ def unsure_cost(stranger: float, donors: np.ndarray) -> np.ndarray:
     """Per donor score, what drawing it costs a scored stranger (``UNSURE_COST``; else 0): a donor
     of no sure sex (a child, a face nobody could tell, NaN) for any stranger, and for a stranger
     the net is sure of (``SURE`` from 0.5) also one not sure of that sex. At par, such donors went
-    to men as faces that read as old women (a grid of held-out synthetic faces), and a track
-    whose first frame the net could not read gave the demo clip's performer a baby's face for its
-    whole life (`make run`, 2026-12-05). A stranger not scored (``match_sex`` off, NaN) pays
-    nothing."""
+    to men as faces that read as old women (a grid of held-out synthetic faces), and the demo
+    clip's performer wore a baby's face in `make run` (2026-12-05; sure of him, the net offers
+    adult men only). A stranger not scored (``match_sex`` off, NaN) pays nothing."""
     donors = np.asarray(donors, np.float32)
     if not np.isfinite(stranger):
         return np.zeros(donors.shape, np.float32)
