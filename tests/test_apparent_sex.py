@@ -101,3 +101,36 @@ def test_config_can_turn_it_off(make_config):
     on, _ = build_anonymizers(make_config(anonymizer={"mode": "donor"}).anonymizer)
     off, _ = build_anonymizers(make_config(anonymizer={"mode": "donor", "donor": {"match_sex": False}}).anonymizer)
     assert isinstance(on.apparent_sex, ApparentSex) and off.apparent_sex is None
+
+
+def test_a_track_first_seen_small_and_misread_draws_again_when_the_face_grows_and_is_read(faces, monkeypatch):
+    """A man's track begins where the net reads him as a woman (a small, soft first view: the demo
+    clip's performer in `make run`); when his face has grown 1.3 times and the net is sure he is
+    a man, the track draws a man's donor, once. A face that does not grow is not scored again."""
+    import cv2
+
+    from edge_agent.anonymize import donor as donor_mod
+    from edge_agent.faces import Face
+
+    img, face, sex = next(f for f in faces if f[2] == 1)
+    anon = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)
+    real = anon.apparent_sex.score
+    calls = []
+    monkeypatch.setattr(anon.apparent_sex, "score", lambda crop: calls.append(1) or 0.05)  # misread: a woman
+    s = 0.6
+    small = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    small_face = Face(np.asarray(face.box) * s, np.asarray(face.landmarks) * s, face.score)
+    anon.begin_frame()
+    anon.anonymize(small.copy(), small_face, 7)
+    first = anon.donor_of(7)
+    assert anon.bank.male[first] <= 0.25
+    anon.begin_frame()
+    anon.anonymize(small.copy(), small_face, 7)  # the same size: not scored again
+    assert len(calls) == 1 and anon.donor_of(7) == first
+    monkeypatch.setattr(anon.apparent_sex, "score", real)
+    anon.begin_frame()
+    anon.anonymize(img.copy(), face, 7)  # 1/0.6 times as wide, read right
+    assert anon.stats["redrawn"] == 1 and anon.bank.male[anon.donor_of(7)] >= 0.75
+    anon.begin_frame()
+    anon.anonymize(img.copy(), face, 7)
+    assert anon.stats["redrawn"] == 1

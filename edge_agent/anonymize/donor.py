@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 
 from edge_agent.align import similarity_transform, template
-from edge_agent.anonymize.apparent_sex import ApparentSex, clash, unsure_cost
+from edge_agent.anonymize.apparent_sex import SURE, ApparentSex, clash, unsure_cost
 from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_ellipse, face_region
 from edge_agent.anonymize.descriptors import appearance, lab_pixels, pose, skin_mask, tone_mask
 from edge_agent.anonymize.diffusion import MARGIN, BudgetExceeded, _blur, aligned_crop, shrunk
@@ -68,6 +68,7 @@ BIG_CACHE = 64  # decoded close-up donors kept (256 KB each)
 PASTE_REACH = (0.9, 0.85, 1.12)  # paste ellipse: brow and chin in eye-to-mouth spans, half width in eye distances
 NEAREST = 12  # donors close in pose and tone among which the track's seed picks
 TRIES = 3  # candidates a track renders and checks at once (each a render and an embedding)...
+RESEX_GROWTH = 1.3  # a track's face this many times as wide as when its donor was drawn is scored for apparent sex again
 RETRY_FRAMES = 15  # ...and, all too close to the person, the next ones this many frames later (up to NEAREST in all)
 POSE_SCALE = np.array([0.08, 0.06], np.float32)  # yaw, pitch units: a "close" pose
 TONE_SCALE = np.array([14.0, 4.0, 4.0], np.float32)  # L*, a*, b* units: a "close" skin tone
@@ -679,6 +680,7 @@ class _Track:
     held: tuple[tuple[float, float, float, bool], int] | None = None  # (pose, frame) of a render that failed it
     tried: tuple[int, ...] = ()  # donors the check found too close to the person (not tried again)
     retry_at: int = 0  # an unsafe track tries its next candidates from this frame on
+    scored_width: float = 0.0  # face width (px) at its donor's draw or its last apparent-sex score
 
 
 @dataclass
@@ -822,7 +824,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         self._settling: OrderedDict[int, int] = OrderedDict()  # seed -> frames its landmarks fit since they last did not
         self._frame_no = 0
         self._frame_start: float | None = None
-        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "shadowed": 0, "too_similar": 0, "retried": 0, "rechecked": 0, "recheck_failed": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "refine_undone": 0, "replayed": 0, "held": 0, "settling": 0}
+        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "shadowed": 0, "too_similar": 0, "retried": 0, "redrawn": 0, "rechecked": 0, "recheck_failed": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "refine_undone": 0, "replayed": 0, "held": 0, "settling": 0}
 
     def priority(self, seed: int) -> float:
         """Faces that showed their donor last frame keep it (a face switching between donor and
@@ -888,7 +890,7 @@ class DonorAnonymizer(TrackedAnonymizer):
             track = self._new_track(frame, face, seed)
         else:
             self._tracks.move_to_end(seed)
-            track = self._retry(frame, face, seed, track)
+            track = self._redraw_by_sex(frame, face, seed, self._retry(frame, face, seed, track))
         if not track.safe or self._held(track, face):
             self.small_faces.anonymize(frame, face, seed)
             return
@@ -938,6 +940,7 @@ class DonorAnonymizer(TrackedAnonymizer):
             self.stats["over_budget"] += 1
             raise BudgetExceeded("donor budget for this frame is spent")
         track = self._draw(frame, face, seed, ())
+        track.scored_width = float(face.width)
         self._tracks[seed] = track
         self.stats["new_tracks"] += 1
         while len(self._tracks) > self.max_tracks:
@@ -984,6 +987,28 @@ class DonorAnonymizer(TrackedAnonymizer):
             return track
         self.stats["retried"] += 1
         fresh = self._draw(frame, face, seed, track.tried)
+        fresh.scored_width = float(face.width)
+        self._tracks[seed] = fresh
+        return fresh
+
+    def _redraw_by_sex(self, frame: np.ndarray, face: Face, seed: int, track: _Track) -> _Track:
+        """A track whose face has grown ``RESEX_GROWTH`` times since its donor was drawn is scored
+        again; now sure of a sex its donor is not sure of, it draws again (one look change, while
+        the face still comes closer). A donor is drawn once, at the face's first sure detection,
+        often small and soft: in `make run` the demo clip's performer, whose track begins in a
+        wide shot at about 50 px, wore a woman's face through his song (the net is sure of him
+        from 80 px on)."""
+        if (self.apparent_sex is None or not track.safe or face.width < track.scored_width * RESEX_GROWTH
+                or (self.budget_ms is not None and self._frame_renders > 0 and self._spent_ms() > self.budget_ms)):
+            return track
+        track.scored_width = float(face.width)
+        crop, _, _ = aligned_crop(self.original(frame), face, min(crop_size(face), BANK_SIDE))
+        male = self.apparent_sex.score(crop)
+        if abs(male - 0.5) < SURE or not unsure_cost(male, self.bank.male[[track.donor]])[0]:
+            return track
+        self.stats["redrawn"] += 1
+        fresh = self._draw(frame, face, seed, ())
+        fresh.scored_width = float(face.width)
         self._tracks[seed] = fresh
         return fresh
 
