@@ -109,7 +109,6 @@ def test_a_track_first_seen_small_and_misread_draws_again_when_the_face_grows_an
     a man, the track draws a man's donor, once. A face that does not grow is not scored again."""
     import cv2
 
-    from edge_agent.anonymize import donor as donor_mod
     from edge_agent.faces import Face
 
     img, face, sex = next(f for f in faces if f[2] == 1)

@@ -43,13 +43,19 @@ COVERED_DE = 20.0  # L*a*b* distance between cheeks-and-nose and forehead-and-un
 WARMER = 8.0  # ...the upper face, this much warmer (a* + b*), is the skin and the lower face covered
 
 
+def eyes_and_span(size: int, margin: float = 0.25) -> tuple[float, float]:
+    """Template-space row of the eyes and the eye-to-mouth span of an aligned crop."""
+    t = template(size, margin)
+    eyes_y = (t[0, 1] + t[1, 1]) / 2
+    return float(eyes_y), float((t[3, 1] + t[4, 1]) / 2 - eyes_y)
+
+
 @lru_cache(maxsize=4)
 def upper_skin_mask(size: int, margin: float = 0.25) -> np.ndarray:
     """The low forehead and just under the eyes of an aligned crop (template space): skin above a
     surgical mask or a scarf."""
     t = template(size, margin)
-    eyes_y = (t[0, 1] + t[1, 1]) / 2
-    span = (t[3, 1] + t[4, 1]) / 2 - eyes_y
+    eyes_y, span = eyes_and_span(size, margin)
     m = np.zeros((size, size), np.uint8)
     cv2.circle(m, (int(round((t[0, 0] + t[1, 0]) / 2)), int(round(eyes_y - 0.55 * span))), max(1, int(round(0.08 * size))), 255, -1)
     for x in (t[0, 0], t[1, 0]):

@@ -53,7 +53,7 @@ import numpy as np
 from edge_agent.align import similarity_transform, template
 from edge_agent.anonymize.apparent_sex import SURE, ApparentSex, clash, unsure_cost
 from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_ellipse, face_region
-from edge_agent.anonymize.descriptors import appearance, lab_pixels, pose, skin_mask, tone_mask
+from edge_agent.anonymize.descriptors import appearance, eyes_and_span, lab_pixels, pose, skin_mask, tone_mask
 from edge_agent.anonymize.diffusion import MARGIN, BudgetExceeded, _blur, aligned_crop, shrunk
 from edge_agent.anonymize.identity_check import IdentityCheck, drifted
 from edge_agent.faces import Face
@@ -68,8 +68,8 @@ BIG_CACHE = 64  # decoded close-up donors kept (256 KB each)
 PASTE_REACH = (0.9, 0.85, 1.12)  # paste ellipse: brow and chin in eye-to-mouth spans, half width in eye distances
 NEAREST = 12  # donors close in pose and tone among which the track's seed picks
 TRIES = 3  # candidates a track renders and checks at once (each a render and an embedding)...
-RESEX_GROWTH = 1.3  # a track's face this many times as wide as when its donor was drawn is scored for apparent sex again
 RETRY_FRAMES = 15  # ...and, all too close to the person, the next ones this many frames later (up to NEAREST in all)
+RESEX_GROWTH = 1.3  # a track's face this many times as wide as when its donor was drawn is scored for apparent sex again
 POSE_SCALE = np.array([0.08, 0.06], np.float32)  # yaw, pitch units: a "close" pose
 TONE_SCALE = np.array([14.0, 4.0, 4.0], np.float32)  # L*, a*, b* units: a "close" skin tone
 GREY_WEIGHTS = np.array([0.114, 0.587, 0.299], np.float32)  # B, G, R: OpenCV's grey level
@@ -117,13 +117,6 @@ DETAIL_SIGMA = 1.5  # frame px: the split between the fine band and the coarse o
 
 
 # -- geometry ----------------------------------------------------------------------------------
-def eyes_and_span(size: int) -> tuple[float, float]:
-    """Template-space row of the eyes and the eye-to-mouth span: the units of the paste's reach."""
-    t = template(size, MARGIN)
-    eyes_y = (t[0, 1] + t[1, 1]) / 2
-    return float(eyes_y), float((t[3, 1] + t[4, 1]) / 2 - eyes_y)
-
-
 def paste_ellipse(size: int) -> tuple[tuple[float, float], tuple[float, float]]:
     """(centre, semi-axes) of the pasted face in template space: brow to below the chin, cheek to
     cheek (the skin a viewer reads as the face), from the aligned template so it scales."""
@@ -505,16 +498,17 @@ def skin_tone(crop: np.ndarray) -> np.ndarray:
 
 def _colourfulness(bgr: np.ndarray, inner: np.ndarray, cast: np.ndarray) -> float:
     """Mean distance of the pixels under ``inner`` from their grey level tinted by ``cast``."""
-    px = bgr[inner]
+    px = bgr[inner].astype(np.float32)
     return float(np.linalg.norm(px - (px @ GREY_WEIGHTS)[:, None] * cast, axis=1).mean())
 
 
 def transfer(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, inner: np.ndarray,
-             target: ColourStats, degree: float) -> np.ndarray:
+             target: ColourStats, degree: float, original_skin: np.ndarray | None = None) -> np.ndarray:
     """Donor (float32 BGR) given the stranger's brightness and colour cast (channel medians of the
     skin, as per-channel gains), at most the stranger's colourfulness, contrast (one gain on all channels, so a dark, flat scene also
     mutes the donor's colours instead of over-saturating them) and, below degree 2, the
-    stranger's low-frequency shading."""
+    stranger's low-frequency shading. ``original_skin``: :func:`skin_mask` of ``original``, when
+    the caller has it."""
     # the cast and brightness as a per-channel gain (a light's colour scales each channel): shifted
     # instead, under a green or blue stage light a donor's beard and lips went below zero in the
     # other channels and came out as saturated green or blue blotches
@@ -524,7 +518,7 @@ def transfer(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, inner: n
     # pink lips and ruddy cheeks stayed in colour on a grey face
     cast = target.mean / max(float(target.mean @ GREY_WEIGHTS), 1.0)
     neutral = (scaled @ GREY_WEIGHTS)[..., None] * cast
-    keep = min(_colourfulness(original.astype(np.float32), inner, cast) / max(_colourfulness(scaled, inner, cast), 1e-3), 1.0)
+    keep = min(_colourfulness(original, inner, cast) / max(_colourfulness(scaled, inner, cast), 1e-3), 1.0)
     scaled = neutral + keep * (scaled - neutral)
     src = ColourStats.of(np.clip(scaled, 0, 255), inner, skin)
     gain = float(np.clip(target.spread / src.spread, 0.2, 1.3))
@@ -543,7 +537,7 @@ def transfer(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, inner: n
         wsum = lo[..., 2] + 1e-4
         lo_o, lo_d = lo[..., 0] / wsum, lo[..., 1] / wsum
         delta = lo_o - lo_d
-        delta -= np.median(delta[skin_mask(original)])  # the skin's level stays the target's
+        delta -= np.median(delta[skin_mask(original) if original_skin is None else original_skin])  # the skin's level stays the target's
         out += (shade * delta)[..., None]
     return out
 
@@ -565,12 +559,11 @@ def _gradient_tensor(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.array([[np.mean(gx * gx), xy], [xy, np.mean(gy * gy)]], np.float64)
 
 
-def blur_direction(original: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """(angle in radians, strength) of a directional blur of ``original`` against ``reference``
-    (grey, the same pixels): the direction in which the original's gradient energy falls furthest
-    below the reference's (a motion blur wipes the gradients along the motion), and by how much
-    more than in the direction where it falls least."""
-    t_o, t_d = _gradient_tensor(original, mask), _gradient_tensor(reference, mask)
+def blur_direction(t_o: np.ndarray, t_d: np.ndarray) -> tuple[float, float]:
+    """(angle in radians, strength) of a directional blur of an image against a reference, from
+    their :func:`_gradient_tensor` s over the same pixels: the direction in which the image's
+    gradient energy falls furthest below the reference's (a motion blur wipes the gradients along
+    the motion), and by how much more than in the direction where it falls least."""
     u = np.stack([np.cos(ANGLES), np.sin(ANGLES)], 1)
     ratio = np.einsum("ni,ij,nj->n", u, t_o, u) / np.maximum(np.einsum("ni,ij,nj->n", u, t_d, u), 1e-6)
     k = int(np.argmin(ratio))
@@ -597,14 +590,14 @@ def match_smear(donor: np.ndarray, g_o: np.ndarray, g_d: np.ndarray, mask: np.nd
     two directions agreeing (``MAX_APART``); else the donor is left as it is."""
     if mask.sum() < SMEAR_MIN_PX ** 2:
         return donor, g_d
-    angle, strength = blur_direction(g_o, g_d, mask)
-    own_angle, own_strength = blur_direction(g_o, cv2.GaussianBlur(g_o, (0, 0), 1.5), mask)
+    t_o = _gradient_tensor(g_o, mask)
+    angle, strength = blur_direction(t_o, _gradient_tensor(g_d, mask))
+    own_angle, own_strength = blur_direction(t_o, _gradient_tensor(cv2.GaussianBlur(g_o, (0, 0), 1.5), mask))
     apart = abs((angle - own_angle + np.pi / 2) % np.pi - np.pi / 2)
     if strength < MOTION_FLOOR or own_strength < OWN_FLOOR or apart > MAX_APART:
         return donor, g_d
     u = np.array([np.cos(angle), np.sin(angle)])
     v = np.array([-u[1], u[0]])
-    t_o = _gradient_tensor(g_o, mask)
     # the original's energy along / across, less what one face's features differ from another's
     want = MOTION_SLACK * (u @ t_o @ u) / max(v @ t_o @ v, 1e-9)
 
@@ -936,34 +929,47 @@ class DonorAnonymizer(TrackedAnonymizer):
         self._settling.clear()
 
     def _new_track(self, frame: np.ndarray, face: Face, seed: int) -> _Track:
-        if self.budget_ms is not None and self._frame_renders > 0 and self._spent_ms() > self.budget_ms:
+        if self._new_track_budget_spent():
             self.stats["over_budget"] += 1
             raise BudgetExceeded("donor budget for this frame is spent")
-        track = self._draw(frame, face, seed, ())
-        track.scored_width = float(face.width)
-        self._tracks[seed] = track
+        track = self._redraw(frame, face, seed, ())
         self.stats["new_tracks"] += 1
         while len(self._tracks) > self.max_tracks:
             self._tracks.popitem(last=False)
         return track
 
-    def _draw(self, frame: np.ndarray, face: Face, seed: int, tried: tuple[int, ...]) -> _Track:
+    def _new_track_budget_spent(self) -> bool:
+        """Is the frame's time for drawing donors (``budget_ms``) spent? The frame's first draw always goes."""
+        return self.budget_ms is not None and self._frame_renders > 0 and self._spent_ms() > self.budget_ms
+
+    def _apparent_sex(self, frame: np.ndarray, face: Face) -> tuple[np.ndarray, float]:
+        """(the aligned crop the donor is chosen by, its apparent-sex score; NaN with ``match_sex`` off)."""
+        crop, _, _ = aligned_crop(self.original(frame), face, min(crop_size(face), BANK_SIDE))
+        return crop, self.apparent_sex.score(crop) if self.apparent_sex is not None else np.nan
+
+    def _redraw(self, frame: np.ndarray, face: Face, seed: int, tried: tuple[int, ...], scored=None) -> _Track:
+        """The seed's track drawn (:meth:`_draw`) and kept; ``scored``: :meth:`_apparent_sex` of
+        this face, when the caller has it."""
+        track = self._draw(frame, face, seed, tried, scored)
+        track.scored_width = float(face.width)
+        self._tracks[seed] = track
+        return track
+
+    def _draw(self, frame: np.ndarray, face: Face, seed: int, tried: tuple[int, ...], scored=None) -> _Track:
         """A track's donor: the seed's order over the ``NEAREST`` donors closest in pose, skin tone
         (and apparent sex), the first of the next ``TRIES`` not in ``tried`` whose render passes
         the recogniser check; none passing, an unsafe track (the fallback) that remembers them and
         tries its next candidates ``RETRY_FRAMES`` later (:meth:`_retry`)."""
-        scene = self.original(frame)
-        crop, _, _ = aligned_crop(scene, face, min(crop_size(face), BANK_SIDE))
+        crop, male = self._apparent_sex(frame, face) if scored is None else scored
         yaw, pitch = pose(face.landmarks)
         # every face may come close (a person walking up to a camera is first seen small): its
         # donor is one with a close-up crop
-        male = self.apparent_sex.score(crop) if self.apparent_sex is not None else np.nan
         near = self.bank.nearest(yaw, pitch, skin_tone(crop), big=True, male=male)
         rng = np.random.default_rng(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
         order = [int(near[j]) for j in rng.permutation(len(near)) if int(near[j]) not in tried]
         if self.check is None or not order:
             return _Track(donor=order[0] if order else int(near[0]), safe=self.check is None, tried=tried)
-        person = self.check.person(scene, face)
+        person = self.check.person(self.original(frame), face)
         for donor in order[:TRIES]:
             trial = _Track(donor=donor)
             out = frame.copy()
@@ -983,13 +989,10 @@ class DonorAnonymizer(TrackedAnonymizer):
         three candidates all stood too close kept the mosaic for the track's life: on the demo
         clip, the performer."""
         if (track.safe or self.check is None or self._frame_no < track.retry_at or len(track.tried) >= NEAREST
-                or (self.budget_ms is not None and self._frame_renders > 0 and self._spent_ms() > self.budget_ms)):
+                or self._new_track_budget_spent()):
             return track
         self.stats["retried"] += 1
-        fresh = self._draw(frame, face, seed, track.tried)
-        fresh.scored_width = float(face.width)
-        self._tracks[seed] = fresh
-        return fresh
+        return self._redraw(frame, face, seed, track.tried)
 
     def _redraw_by_sex(self, frame: np.ndarray, face: Face, seed: int, track: _Track) -> _Track:
         """A track whose face has grown ``RESEX_GROWTH`` times since its donor was drawn is scored
@@ -999,18 +1002,15 @@ class DonorAnonymizer(TrackedAnonymizer):
         wide shot at about 50 px, wore a woman's face through his song (the net is sure of him
         from 80 px on)."""
         if (self.apparent_sex is None or not track.safe or face.width < track.scored_width * RESEX_GROWTH
-                or (self.budget_ms is not None and self._frame_renders > 0 and self._spent_ms() > self.budget_ms)):
+                or self._new_track_budget_spent()):
             return track
         track.scored_width = float(face.width)
-        crop, _, _ = aligned_crop(self.original(frame), face, min(crop_size(face), BANK_SIDE))
-        male = self.apparent_sex.score(crop)
+        scored = self._apparent_sex(frame, face)
+        male = scored[1]
         if abs(male - 0.5) < SURE or not unsure_cost(male, self.bank.male[[track.donor]])[0]:
             return track
         self.stats["redrawn"] += 1
-        fresh = self._draw(frame, face, seed, ())
-        fresh.scored_width = float(face.width)
-        self._tracks[seed] = fresh
-        return fresh
+        return self._redraw(frame, face, seed, (), scored)
 
     def _drifted(self, track: _Track, face: Face) -> bool:
         """Has the face turned or neared since its donor last passed the recogniser check
@@ -1053,9 +1053,10 @@ class DonorAnonymizer(TrackedAnonymizer):
         under = alpha  # the strong blur goes under the whole paste, the donor's face or not
         if off.any():
             alpha, sharp = without_off_face(alpha, sharp, off)
-        now = ColourStats.of(crop, inner)
+        skin = skin_mask(crop)
+        now = ColourStats.of(crop, inner, skin)
         track.stats = now if track.stats is None else track.stats.blend(now, STAT_SMOOTHING)
-        new_bgr = transfer(warped.astype(np.float32), crop, hard, inner, track.stats, self.degree)
+        new_bgr = transfer(warped.astype(np.float32), crop, hard, inner, track.stats, self.degree, skin)
         refine = self._may_refine(face)
         t0 = time.perf_counter()
         # the person, embedded before the paste removes them: what the refined face is checked against
@@ -1194,16 +1195,17 @@ def base_layer(frame: np.ndarray, face: Face, inv: np.ndarray, alpha: np.ndarray
     over the rest of the head."""
     rows, cols, region = face_region(face, frame.shape)
 
-    def under_the_face(k: float, size: tuple[int, int], depth: np.ndarray) -> np.ndarray:
+    def to_region(k: float) -> np.ndarray:  # template -> the head region at scale k
         shift = inv.copy() * k
         shift[:, 2] -= (cols.start * k, rows.start * k)
-        core = cv2.warpAffine((alpha > 0).astype(np.float32), shift, size, flags=cv2.INTER_LINEAR)
+        return shift
+
+    def under_the_face(k: float, size: tuple[int, int], depth: np.ndarray) -> np.ndarray:
+        core = cv2.warpAffine((alpha > 0).astype(np.float32), to_region(k), size, flags=cv2.INTER_LINEAR)
         return np.minimum(cv2.GaussianBlur(core, (0, 0), max(1.0 * k, max(region.shape) * k / 60.0)) * 2.0, 1.0)
 
     def above_the_eyes(k: float, size: tuple[int, int]) -> np.ndarray:
-        shift = inv.copy() * k
-        shift[:, 2] -= (cols.start * k, rows.start * k)
-        return cv2.warpAffine(forehead_ramp(alpha.shape[0]), shift, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return cv2.warpAffine(forehead_ramp(alpha.shape[0]), to_region(k), size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     return head_layer(frame[rows, cols], region, STRONG_BLUR, under_the_face, above_the_eyes)
 

@@ -75,6 +75,11 @@ def big_crops(data: dict, rows: np.ndarray, raws: list[Path]) -> tuple[list[np.n
     return blobs, np.array(lms, np.float32).reshape(-1, 5, 2)
 
 
+def _run_key(data: dict, i: int, metas: list[str]) -> tuple[int, str]:
+    """(generator index, synth run's meta.txt line) of face ``i``: how the hand-made lists name a donor."""
+    return int(data["index"][i]), metas[data["run"][i]]
+
+
 def apparent_sex(data: dict, rows: np.ndarray, metas: list[str]) -> np.ndarray:
     """P(male) per donor: 1 or 0 where ``weights/donor_sex_labels.csv`` says (hand-labelled by
     looking; a label holds for its generator index in the synth run it names, ``metas[run]``),
@@ -88,7 +93,7 @@ def apparent_sex(data: dict, rows: np.ndarray, metas: list[str]) -> np.ndarray:
     value = {"male": 1.0, "female": 0.0, "unsure": 0.5}
     out = []
     for i in tqdm(rows, desc="donor bank: apparent sex", unit="face"):
-        lab = labels.get((int(data["index"][i]), metas[data["run"][i]]))
+        lab = labels.get(_run_key(data, i, metas))
         out.append(value[lab] if lab is not None else net.score(data["crop128"][i]))
     return np.array(out, np.float32)
 
@@ -101,7 +106,7 @@ def occluded(data: dict, rows: np.ndarray, metas: list[str]) -> np.ndarray:
     Close-up donors with a hand on the chin or sunglasses, found by looking at all 480: pasted,
     the hand lands on a stranger's chin and sunglasses go indoors; the agent never draws them."""
     named = {(int(r["generator_index"]), r["synth_run"]) for r in csv.DictReader(open(OCCLUDERS))}
-    return np.array([(int(data["index"][i]), metas[data["run"][i]]) in named for i in rows], bool)
+    return np.array([_run_key(data, i, metas) in named for i in rows], bool)
 
 
 def grid(bank: Path, out: Path, rows: int = 4, cols: int = 12, side: int = 80) -> None:
