@@ -85,7 +85,8 @@ RIM_WEIGHT = 0.5  # the base layer's least weight inside the head ellipse (at it
 GRAIN_SCALE = 1 / 16  # the grain follows the texture the blur removed, measured at this share of the region
 GRAIN_MAX = 4.0  # grey levels: the most grain put back (past it, hair reads as sand)
 STRONG_BLUR = 1 / 20  # the blur under and around the new face, as a share of the head region's side
-LIGHT_BLUR = 1 / 80  # the blur over hair and ears, as a share of the head region's side (1/160 kept more strands but raised LFW re-ID)
+LIGHT_BLUR = 1 / 80  # the blur over hair and ears, as a share of the head region's side (1/160 kept more strands but raised LFW re-ID)...
+VEIL_BLUR = 1 / 20  # ...and on a track the recogniser check found too close (:attr:`_Track.veiled`): the outline is what carries the person
 HEAD_BLUR = 1 / 6  # a turned head's features: the blur, as a share of the head region's side...
 HEAD_CORE = (0.05, 0.3)  # ...full from this depth into the region (0 rim, 1 centre), none below the first
 REFINE_MIN_PX = 64  # narrower faces are not refined (the refiner's crop; see _refine)
@@ -674,6 +675,7 @@ class _Track:
     tried: tuple[int, ...] = ()  # donors the check found too close to the person (not tried again)
     retry_at: int = 0  # an unsafe track tries its next candidates from this frame on
     scored_width: float = 0.0  # face width (px) at its donor's draw or its last apparent-sex score
+    veiled: bool = False  # its hair and ears under ``VEIL_BLUR``: a render of it failed the check with them lightly blurred
 
 
 @dataclass
@@ -817,7 +819,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         self._settling: OrderedDict[int, int] = OrderedDict()  # seed -> frames its landmarks fit since they last did not
         self._frame_no = 0
         self._frame_start: float | None = None
-        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "shadowed": 0, "too_similar": 0, "retried": 0, "redrawn": 0, "rechecked": 0, "recheck_failed": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "refine_undone": 0, "replayed": 0, "held": 0, "settling": 0}
+        self.stats = {"rendered": 0, "new_tracks": 0, "small": 0, "unsure": 0, "misfit": 0, "shadowed": 0, "too_similar": 0, "retried": 0, "redrawn": 0, "rechecked": 0, "recheck_failed": 0, "veiled": 0, "over_budget": 0, "refined": 0, "refine_skipped": 0, "refine_undone": 0, "replayed": 0, "held": 0, "settling": 0}
 
     def priority(self, seed: int) -> float:
         """Faces that showed their donor last frame keep it (a face switching between donor and
@@ -970,8 +972,9 @@ class DonorAnonymizer(TrackedAnonymizer):
         if self.check is None or not order:
             return _Track(donor=order[0] if order else int(near[0]), safe=self.check is None, tried=tried)
         person = self.check.person(self.original(frame), face)
-        for donor in order[:TRIES]:
-            trial = _Track(donor=donor)
+        # the candidates as drawn, then the first of them with its outline veiled
+        trials = [_Track(donor=donor) for donor in order[:TRIES]] + [_Track(donor=order[0], veiled=True)]
+        for trial in trials:
             out = frame.copy()
             self.render(out, face, trial, seed, person)
             key = self.check.passed(person, out, face)
@@ -980,7 +983,8 @@ class DonorAnonymizer(TrackedAnonymizer):
                 trial.tried = tried
                 return trial
             self.stats["too_similar"] += 1
-            tried += (donor,)
+            if trial.donor not in tried:
+                tried += (trial.donor,)
         return _Track(donor=order[0], safe=False, tried=tried, retry_at=self._frame_no + RETRY_FRAMES)
 
     def _retry(self, frame: np.ndarray, face: Face, seed: int, track: _Track) -> _Track:
@@ -1018,9 +1022,20 @@ class DonorAnonymizer(TrackedAnonymizer):
         return self.check is not None and drifted(track.checked, face)
 
     def _check_failed(self, track: _Track, face: Face) -> None:
-        """Its render failed the check in the finished frame: it is never replayed (and it is held:
-        :meth:`~edge_agent.anonymize.base.TrackedAnonymizer._check_failed`)."""
+        """Its render failed the check in the finished frame (which then showed ``small_faces``): it
+        is never replayed. The first time, the track keeps its donor with its outline veiled
+        (``VEIL_BLUR``), checked on every frame; failing so, it is held
+        (:meth:`~edge_agent.anonymize.base.TrackedAnonymizer._check_failed`). Held at once, the
+        demo clip's performer showed the mosaic for 15-25 frames at a time: his renders stand at
+        cosine 0.05-0.4 to him from frame to frame, and the hair and ears carry most of it (over
+        his and the audience's faces and 12 candidate donors each, veiling them took the mean
+        cosine from 0.17 to 0.12; a degree of 2 or none of his proportions kept, 0.17)."""
         track.replay = None
+        if not track.veiled:
+            track.veiled = True
+            track.checked = (*pose(face.landmarks), float(face.width), True)
+            self.stats["veiled"] += 1
+            return
         super()._check_failed(track, face)
 
     def render(self, frame: np.ndarray, face: Face, track: _Track, seed: int, person: np.ndarray | None = None) -> None:
@@ -1063,7 +1078,8 @@ class DonorAnonymizer(TrackedAnonymizer):
         if refine and person is None:
             person = self.check.person(scene, face)
         self._refine_ms += (time.perf_counter() - t0) * 1000.0
-        paste(frame, face, matrix, new_bgr, alpha, sharp, np.random.default_rng([seed & 0xFFFFFFFF, self._frame_no]), scene, under)
+        paste(frame, face, matrix, new_bgr, alpha, sharp, np.random.default_rng([seed & 0xFFFFFFFF, self._frame_no]), scene, under,
+              VEIL_BLUR if track.veiled else None)
         if refine:
             self._refine(frame, face, seed, person)
 
@@ -1146,9 +1162,10 @@ def head_face(face: Face, grow: float = 1.15) -> Face:
     return Face(np.array([cx - hw, cy - hh, cx + hw, cy + hh], np.float32), level, face.score)
 
 
-def head_layer(patch: np.ndarray, region: np.ndarray, strong_share: float, core_at, own_at=None) -> tuple[np.ndarray, np.ndarray]:
+def head_layer(patch: np.ndarray, region: np.ndarray, strong_share: float, core_at, own_at=None,
+               light_share: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(layer, weight) over a head region: a strong blur (``strong_share`` of the region's side)
-    where ``core_at(k, (w, h), depth)`` is 1, a light one (``LIGHT_BLUR``) elsewhere; the weight
+    where ``core_at(k, (w, h), depth)`` is 1, a light one (``light_share``, else ``LIGHT_BLUR``) elsewhere; the weight
     fades toward the ellipse's rim to ``RIM_WEIGHT`` (hair, ears and background keep their strands
     and outline and meet the frame without a visible oval), but every pixel of the region is
     redrawn, as every anonymizer's region is. The strong blur and the masks are smooth: computed
@@ -1172,7 +1189,7 @@ def head_layer(patch: np.ndarray, region: np.ndarray, strong_share: float, core_
         strong = cv2.resize(strong, (pw, ph), interpolation=cv2.INTER_LINEAR)
         core = cv2.resize(core, (pw, ph), interpolation=cv2.INTER_LINEAR)
         weight = cv2.resize(weight, (pw, ph), interpolation=cv2.INTER_LINEAR)
-    light = _blur(patch, max(1.2, side * LIGHT_BLUR)).astype(np.float32)
+    light = _blur(patch, max(1.2, side * (LIGHT_BLUR if light_share is None else light_share))).astype(np.float32)
     layer = cv2.blendLinear(np.ascontiguousarray(strong), light, core, 1.0 - core)
     return layer, (weight * inside).astype(np.float32)
 
@@ -1188,7 +1205,7 @@ def core_blur(small: np.ndarray, core: np.ndarray, plain: np.ndarray, sigma: flo
     return np.where(norm > 0.05, both[..., :-1] / np.maximum(norm, 1e-6), plain).astype(np.float32)
 
 
-def base_layer(frame: np.ndarray, face: Face, inv: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def base_layer(frame: np.ndarray, face: Face, inv: np.ndarray, alpha: np.ndarray, light_share: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(layer, weight) under the new face over the head ellipse (:func:`head_layer`): blurred at
     1/20 of the head where the new face goes (under its feathered rim nothing sharp of the original
     shows; the features themselves lie inside the rim, under the opaque donor), lightly blurred
@@ -1207,7 +1224,7 @@ def base_layer(frame: np.ndarray, face: Face, inv: np.ndarray, alpha: np.ndarray
     def above_the_eyes(k: float, size: tuple[int, int]) -> np.ndarray:
         return cv2.warpAffine(forehead_ramp(alpha.shape[0]), to_region(k), size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
-    return head_layer(frame[rows, cols], region, STRONG_BLUR, under_the_face, above_the_eyes)
+    return head_layer(frame[rows, cols], region, STRONG_BLUR, under_the_face, above_the_eyes, light_share)
 
 
 @lru_cache(maxsize=4)
@@ -1221,14 +1238,16 @@ def forehead_ramp(size: int) -> np.ndarray:
 
 
 def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray, alpha: np.ndarray, sharp: np.ndarray,
-          rng: np.random.Generator, scene: np.ndarray | None = None, under: np.ndarray | None = None) -> None:
+          rng: np.random.Generator, scene: np.ndarray | None = None, under: np.ndarray | None = None,
+          light_share: float | None = None) -> None:
     """Blur the head ellipse, then blend the new face (template space, ``matrix`` maps frame to
     template) into it, after matching the frame's blur and noise where it lands. Two bands: the
     coarse one over ``alpha``'s wide feather, the fine one (under ``DETAIL_SIGMA``) over
     ``sharp``'s narrow one, so the face keeps its skin texture up to its outline (a one-band
     feather left a quarter of the face half blurred: detail ratio 0.5 there). ``scene``: what the
     blur and noise are matched to, when not ``frame`` itself (:meth:`~edge_agent.anonymize.base.TrackedAnonymizer.original`);
-    ``under``: where the strong blur goes (template space), when wider than ``alpha``."""
+    ``under``: where the strong blur goes (template space), when wider than ``alpha``; ``light_share``:
+    the blur over the rest of the head (:func:`head_layer`)."""
     inv = cv2.invertAffineTransform(matrix)
     ys, xs = np.nonzero(alpha > 0)
     box = np.array([[xs.min() - 1, ys.min() - 1, 1], [xs.max() + 2, ys.min() - 1, 1],
@@ -1246,7 +1265,7 @@ def paste(frame: np.ndarray, face: Face, matrix: np.ndarray, new_bgr: np.ndarray
     a_fine = cv2.warpAffine(sharp, shift, (rw, rh), flags=cv2.INTER_LINEAR)
     original = (frame if scene is None else scene)[y0:y1, x0:x1]
     warped = match_camera(warped, original, a > 0.5, rng, float(np.sqrt(abs(np.linalg.det(inv[:, :2])))))
-    base, base_w = base_layer(frame, face, inv, alpha if under is None else under)
+    base, base_w = base_layer(frame, face, inv, alpha if under is None else under, light_share)
     rows, cols, _ = face_region(face, frame.shape)
     patch = frame[rows, cols]
     base = with_grain(base, patch, base_w, rng)
