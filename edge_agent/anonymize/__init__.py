@@ -42,6 +42,7 @@ def donor_engine(cfg: AnonymizerConfig, fallback: Anonymizer, embedder=None, sti
             embedder=embedder, max_similarity=d.max_similarity, budget_ms=STILL_BUDGET_MS if still else d.budget_ms,
             frame_budget_ms=STILL_BUDGET_MS if still else d.frame_budget_ms, refiner=refiner,
             refine_budget_ms=STILL_BUDGET_MS if still else d.refine_budget_ms, match_sex=d.match_sex,
+            veil=embedder is None,  # nothing to find a face too close: every outline veiled (fail closed)
         )
     except Exception as exc:  # keep filtering with the classical redaction rather than not at all
         log.error("donor anonymizer unavailable (%s); every face gets %s", exc, cfg.fallback)

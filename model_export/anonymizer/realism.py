@@ -318,7 +318,8 @@ def video_identity(args, anonymizers: dict, det) -> list[dict]:
 
 
 def donor_modes(args, degree: float = 1.0, label: str = "donor d=1") -> dict:
-    """The donor as deployed, and with the refiner when its model is there (``--refiner``)."""
+    """The donor's plain render (what the deployed engine shows of a face its recogniser check
+    passed), and with the refiner when its model is there (``--refiner``)."""
     from edge_agent.anonymize.donor import DonorAnonymizer
 
     modes = {label: DonorAnonymizer(args.bank, degree=degree, budget_ms=None, frame_budget_ms=None)}
@@ -332,6 +333,14 @@ def donor_modes(args, degree: float = 1.0, label: str = "donor d=1") -> dict:
                                                        embedder=ArcFaceEmbedder(arcface_path(args.shared), threads=args.threads),
                                                        refiner=Refiner(args.refiner, threads=args.threads), refine_budget_ms=None)
     return modes
+
+
+def recognition_off_mode(args) -> dict:
+    """The donor as the agent builds it without recognition (:func:`~edge_agent.anonymize.donor_engine`):
+    no check to pass, every track veiled."""
+    from edge_agent.anonymize.donor import DonorAnonymizer
+
+    return {"donor d=1, recognition off (veiled)": DonorAnonymizer(args.bank, budget_ms=None, frame_budget_ms=None, veil=True)}
 
 
 def deployed_mode(args) -> dict:
@@ -361,7 +370,7 @@ def identity_modes(args) -> dict:
     from edge_agent.anonymize.classical import Pixelate, Solid
 
     default = Pixelate()
-    return {**donor_modes(args), f"pixelate {default.blocks}/{default.large_blocks}": default,
+    return {**donor_modes(args), **recognition_off_mode(args), f"pixelate {default.blocks}/{default.large_blocks}": default,
             "pixelate 8": Pixelate(8, 8), "pixelate 5": Pixelate(5, 5), "solid": Solid()}
 
 
@@ -479,7 +488,7 @@ def write_report(out_dir: Path, res: dict, args) -> None:
                          f"(of {s['hog_found_originals']}) | {s['classifier_accuracy']:.2f} | {s['median_abs_dL']:.2f} |")
     lines += ["", "Synthetic sweep (held-out synthetic faces, every size and brightness, all face widths):", "",
               "![sweep](realism_sweep.png)", "", "![grid](realism_grid_synthetic.png)", "",
-              "(Grid: held-out synthetic faces, people who do not exist, at 128 px: original | donor | donor + refiner (when measured), in full light and at gain 0.25.)", ""]
+              "(Grid: held-out synthetic faces, people who do not exist, at 128 px: original | donor | donor + refiner (when measured) | donor veiled (recognition off), in full light and at gain 0.25.)", ""]
     for name, v in res.get("video_stability_by_mode", {"donor d=1": res["video_stability"]}).items():
         lines += [f"Temporal stability, {name}, demo clip ({v['frames']} frames, {v['faces']} faces, one donor per track): mean frame-to-frame change "
                   f"inside faces {v['mean_change_anon']:.2f} anonymized vs {v['mean_change_orig']:.2f} original (ratio {v['stability_ratio']:.2f}); "
@@ -510,7 +519,7 @@ def evaluate_realism(args) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     det = YuNet(yunet_path(args.shared), threads=args.threads)
     hog = HogCheck()
-    anonymizers = {**donor_modes(args), "pixelate": Pixelate()}
+    anonymizers = {**donor_modes(args), **recognition_off_mode(args), "pixelate": Pixelate()}
     if args.with_diffusion:
         from edge_agent.anonymize.diffusion import DiffusionAnonymizer
 
@@ -540,7 +549,8 @@ def evaluate_realism(args) -> dict:
         res.setdefault("video_stability_by_mode", {})[name] = video_stability(args.shared, anon, det, scratch)
     res["video_stability"] = res["video_stability_by_mode"]["donor d=1"]
     degrees = {"donor d=0": DonorAnonymizer(args.bank, degree=0.0, budget_ms=None, frame_budget_ms=None), **donor_modes(args),
-               "donor d=2": DonorAnonymizer(args.bank, degree=2.0, budget_ms=None, frame_budget_ms=None), **deployed_mode(args)}
+               "donor d=2": DonorAnonymizer(args.bank, degree=2.0, budget_ms=None, frame_budget_ms=None),
+               **recognition_off_mode(args), **deployed_mode(args)}
     res["reid"] = reid_rows(args, degrees, det) if args.gallery else None
     res["video_identity"] = video_identity(args, identity_modes(args), det)
     write_video_identity(out_dir, res["video_identity"])
