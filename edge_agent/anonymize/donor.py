@@ -112,6 +112,9 @@ MOTION_FLOOR = 2.5  # a smear (match_smear): the original weaker against the don
 OWN_FLOOR = 1.25  # ...and against its own coarser scale by this much...
 MAX_APART = np.radians(20)  # ...in directions this close (either alone also fired on sharp faces, one face's features against another's)
 SMEAR_MIN_PX = 48  # a smaller paste is not looked at for a smear (a few pixels of detail: it fired on sharp 40 px faces)
+SMEAR_BLOCKS = 3  # the paste cut into this many blocks a side: the smear must show in...
+SMEAR_SHARE = 0.6  # ...this share of them, against their own coarser scale (smeared_throughout)...
+OWN_SCALE = 1 / 120  # ...taken at this share of the paste's side (at least 1.5 px; strands are a few px wide)
 MOTION_SLACK = 1.3  # what of a smear is left unmatched (matched whole, a donor with glasses came out smeared past the scene)
 ROUNDING_VAR = 1 / 12  # grey levels^2: the variance rounding to uint8 adds (a white noise: 20x that in the Laplacian's variance)
 DETAIL_SIGMA = 1.5  # frame px: the split between the fine band and the coarse one
@@ -595,7 +598,7 @@ def match_smear(donor: np.ndarray, g_o: np.ndarray, g_d: np.ndarray, mask: np.nd
     angle, strength = blur_direction(t_o, _gradient_tensor(g_d, mask))
     own_angle, own_strength = blur_direction(t_o, _gradient_tensor(cv2.GaussianBlur(g_o, (0, 0), 1.5), mask))
     apart = abs((angle - own_angle + np.pi / 2) % np.pi - np.pi / 2)
-    if strength < MOTION_FLOOR or own_strength < OWN_FLOOR or apart > MAX_APART:
+    if strength < MOTION_FLOOR or own_strength < OWN_FLOOR or apart > MAX_APART or not smeared_throughout(g_o, mask, angle):
         return donor, g_d
     u = np.array([np.cos(angle), np.sin(angle)])
     v = np.array([-u[1], u[0]])
@@ -616,6 +619,29 @@ def match_smear(donor: np.ndarray, g_o: np.ndarray, g_d: np.ndarray, mask: np.nd
         else:
             hi = mid
     return smear(donor, hi, angle), smear(g_d, hi, angle)
+
+
+def smeared_throughout(g_o: np.ndarray, mask: np.ndarray, angle: float) -> bool:
+    """Is the original weaker along ``angle`` than across it, against its own coarser scale
+    (``OWN_SCALE`` of the paste's side), in ``SMEAR_SHARE`` of the paste's blocks? A motion blur
+    smears every part of a face; a sharp close-up's hair strands or a striped collar run one way in
+    a few parts only, and alone they passed the whole-face tests (a 520 px face with long straight
+    hair got its donor smeared down to blobs)."""
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    coarse = cv2.GaussianBlur(g_o, (0, 0), max(1.5, float(np.sqrt(mask.sum())) * OWN_SCALE))
+    agree = counted = 0
+    for by in range(SMEAR_BLOCKS):
+        for bx in range(SMEAR_BLOCKS):
+            rows = slice(y0 + (y1 - y0) * by // SMEAR_BLOCKS, y0 + (y1 - y0) * (by + 1) // SMEAR_BLOCKS)
+            cols = slice(x0 + (x1 - x0) * bx // SMEAR_BLOCKS, x0 + (x1 - x0) * (bx + 1) // SMEAR_BLOCKS)
+            m = mask[rows, cols]
+            if m.sum() < 0.5 * m.size:  # a block mostly outside the paste
+                continue
+            counted += 1
+            a, strength = blur_direction(_gradient_tensor(g_o[rows, cols], m), _gradient_tensor(coarse[rows, cols], m))
+            agree += strength >= OWN_FLOOR and abs((angle - a + np.pi / 2) % np.pi - np.pi / 2) <= MAX_APART
+    return counted > 0 and agree >= SMEAR_SHARE * counted
 
 
 def match_camera(donor: np.ndarray, original: np.ndarray, mask: np.ndarray, rng: np.random.Generator, upscale: float = 1.0) -> np.ndarray:
