@@ -175,6 +175,10 @@ def main(argv=None) -> None:
     a.add_argument("--out", type=Path, default=Path("edge_agent/assets/apparent_sex.onnx"))
     a.add_argument("--evaluate", action="store_true", help="only score the model at --out on the held-out sets (no training)")
 
+    a = sub.add_parser("smear-check", help="the donor's motion-smear matching on sharp close-ups (false smears) and on smeared faces (found)")
+    a.add_argument("--shared", type=Path, required=True)
+    a.add_argument("--share", type=float, default=None, help="the block test's share (default: the deployed SMEAR_SHARE; 0: no block test)")
+
     a = sub.add_parser("misfit-check", help="turned heads of the clips vs their originals after the donor mode's head blur, the flat blur and the mosaic")
     a.add_argument("--shared", type=Path, required=True)
     a.add_argument("--turned-limit", type=float, default=0.0, help="also: donors on the faces turned past the donor's yaw limit and within this one")
@@ -273,6 +277,10 @@ def main(argv=None) -> None:
         from model_export.anonymizer.sex_classifier import train_sex_classifier
 
         train_sex_classifier(args)
+    elif args.cmd == "smear-check":
+        from model_export.anonymizer.smear_check import smear_check
+
+        smear_check(args)
     elif args.cmd == "misfit-check":
         from model_export.anonymizer.clip_check import misfit_check
 

@@ -24,6 +24,7 @@ from model_export.anonymizer.realism import IDENTIFYING_NULL_SIMILARITY
 
 REGISTERED = ("lin-manuel-miranda.png", "alex-lacamoire.png")  # the clip's performers: not audience
 BINS = ((0, 24), (24, 30), (30, 40), (40, 60), (60, 10_000))
+CLOSE_UP_PX = 70  # agent_counts: faces this wide (on the demo clip, the performer's close-ups) are counted apart
 def anonymizer_for(mode: str, student: Path, threads: int, embedder, degree: float) -> Anonymizer:
     """The generative engine with no size floor and no budget (every face goes through it)."""
     if mode == "donor":
@@ -74,7 +75,8 @@ def similarity_by_width(shared: Path, student: Path, seeds: int, every: int, thr
 
 def agent_counts(shared: Path, config: Path) -> dict:
     """The configured pipeline over the whole clip, nobody registered: the anonymizer's counters,
-    and for the donor mode how often a face's look changes between frames (:func:`_flicker`)."""
+    and for the donor mode how often a face's look changes between frames (:func:`_flicker`) and
+    how many face-frames from ``CLOSE_UP_PX`` (the performer's close-ups, and turned heads) showed no donor."""
     from edge_agent.config import load_config
     from edge_agent.service import Models
     from edge_agent.stats import CameraStats
@@ -82,11 +84,11 @@ def agent_counts(shared: Path, config: Path) -> dict:
     cfg = load_config(config, env={"EDGE_AGENT_DATA_DIR": tempfile.mkdtemp(prefix="clip-check-")})
     guard = Models(cfg).pipeline(CameraStats("clip-check"))
     engine = guard.pipeline.anonymizer
-    drawn: list[int] = []
+    drawn: list[tuple[int, float]] = []  # (seed, face width) of this frame's faces
     anonymize = engine.anonymize
 
     def recording(frame, face, seed=0):
-        drawn.append(int(seed))
+        drawn.append((int(seed), float(face.width)))
         return anonymize(frame, face, seed)
 
     engine.anonymize = recording
@@ -100,6 +102,7 @@ def agent_counts(shared: Path, config: Path) -> dict:
     if check_failed is not None:
         engine._check_failed = failing
     looks: dict[int, list[tuple[int, str]]] = {}  # seed -> (frame, donor index or "other") per frame it was drawn
+    close_ups = close_ups_without = 0
     cap = cv2.VideoCapture(str(Path(shared) / "video/short_hamilton_clip.mp4"))
     try:
         frame_no = 0
@@ -112,13 +115,16 @@ def agent_counts(shared: Path, config: Path) -> dict:
             guard.filter_array(frame)
             frame_no += 1
             tracks = getattr(engine, "_tracks", {})
-            for seed in drawn:
+            for seed, width in drawn:
                 t = tracks.get(seed)
                 shown = t is not None and getattr(t, "shown", -1) == engine._frame_no and t.safe and id(t) not in failed
                 looks.setdefault(seed, []).append((frame_no, str(t.donor) if shown else "other"))
+                if width >= CLOSE_UP_PX:
+                    close_ups += 1
+                    close_ups_without += not shown
         counts = dict(getattr(engine, "stats", {}))
         if engine.name == "donor":
-            counts.update(_flicker(looks))
+            counts.update(_flicker(looks), close_up_face_frames=close_ups, close_up_frames_without_donor=close_ups_without)
         return counts
     finally:
         guard.close()
