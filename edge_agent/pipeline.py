@@ -184,7 +184,7 @@ class FramePipeline:
 
     def _anonymize(self, frame: np.ndarray, tracks: list[Track]) -> None:
         self.anonymizer.begin_frame([t.face for t in tracks], frame)
-        for track in sorted(tracks, key=lambda t: self.anonymizer.priority(t.seed)):
+        for track in sorted(tracks, key=lambda t: self.anonymizer.priority(t.seed, t.face)):
             try:
                 self.anonymizer.anonymize(frame, track.face, track.seed)
             except Exception as exc:  # fall back for this face; the fallback itself must not fail

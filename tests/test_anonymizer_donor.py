@@ -483,6 +483,39 @@ def test_unsure_detection_gets_the_fallback_not_a_face(models):
     assert anon.stats["unsure"] == 1 and anon.stats["rendered"] == 2 and not np.array_equal(dip, plain)
 
 
+def test_a_false_detection_beside_a_face_is_redacted_before_the_face_gets_its_donor(models):
+    """A low-scored detection on the background beside a face gets the mosaic; drawn after the
+    face, its ellipse cut into the new face's cheek. It is now served first (``priority``), and the
+    donor is pasted over the part of it that overlaps: the new face's centre is the same pixels as
+    with no false detection at all (its colour read from the frame as filmed, not from the mosaic)."""
+    _, _, photos = models
+    img, face = photos[0]
+    shift = np.float32([0.78 * face.width, 0.0])  # beside it, not a second detection of its head (``shadowed``)
+    ghost = Face(face.box + np.tile(shift, 2), face.landmarks + shift, 0.3)
+    x1, y1, x2, y2 = (int(v) for v in face.box)
+    dx, dy = (x2 - x1) // 4, (y2 - y1) // 4
+    centre = (slice(y1 + dy, y2 - dy), slice(x1 + dx, x2 - dx))  # eyes, nose and mouth: under the donor's opaque core
+
+    def served(faces: list[tuple[Face, int]], ordered: bool) -> tuple[np.ndarray, DonorAnonymizer]:
+        anon = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)
+        out = img.copy()
+        anon.begin_frame([f for f, _ in faces], img)
+        for f, seed in sorted(faces, key=lambda fs: anon.priority(fs[1], fs[0])) if ordered else faces:
+            anon.anonymize(out, f, seed=seed)
+        return out, anon
+
+    alone, _ = served([(face, 1)], True)
+    out, anon = served([(face, 1), (ghost, 2)], True)
+    assert anon.priority(2, ghost) < anon.priority(1, face) and anon.priority(3, Face(face.box, face.landmarks, 0.99)) > -5
+    assert anon.stats["unsure"] == 1 and anon.donor_of(1) is not None and anon.donor_of(2) is None
+    # (to a grey level of rounding where the box's edge meets the inner rim of the paste's feather)
+    assert np.abs(out[centre].astype(int) - alone[centre].astype(int)).max() <= 1
+    covered = out[face_region(ghost, img.shape)[:2]]
+    assert not np.array_equal(covered, img[face_region(ghost, img.shape)[:2]])  # the false detection is still redacted
+    cut, _ = served([(face, 1), (ghost, 2)], False)  # the old order: the mosaic over the new face
+    assert np.abs(cut[centre].astype(int) - alone[centre].astype(int)).max() > 40
+
+
 def test_crowd_over_the_frame_budget_keeps_its_donors_and_serves_the_rest_in_turn(models):
     """A frame with more faces than the budget covers: a face that has its donor keeps it (no
     switching between donor and mosaic), the rest get the fallback (covered, never raw), and

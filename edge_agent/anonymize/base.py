@@ -49,9 +49,10 @@ class Anonymizer(ABC):
     def forget(self, seed: int) -> None:
         """Drop any state kept for ``seed`` (its track ended)."""
 
-    def priority(self, seed: int) -> float:
-        """Order of a frame's faces (lowest first): with a per-frame budget, the faces served
-        first get the engine, the rest its fallback for that frame."""
+    def priority(self, seed: int, face: Face | None = None) -> float:
+        """Order of a frame's faces (lowest first; ``face``: this frame's detection of ``seed``):
+        with a per-frame budget, the faces served first get the engine, the rest its fallback for
+        that frame."""
         return 0.0
 
 

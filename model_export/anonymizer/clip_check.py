@@ -173,20 +173,29 @@ def clip_check(args) -> None:
 MISFIT_CLIPS = (("short_hamilton_clip.mp4", 3), ("intel_one-by-one-person-detection.mp4", 5))  # (clip, every Nth frame)
 
 
-def misfit_similarity(shared: Path, threads: int) -> dict[str, np.ndarray]:
+def misfit_similarity(shared: Path, threads: int, unsure: bool | None = None) -> dict[str, np.ndarray]:
     """Faces no donor goes on (turned heads, landmarks that do not fit) of the clips, from 30 px and
     carrying identity: the cosine to the original after each redaction of their head region (as
-    the donor mode redacts them), worst over jittered points. Per mode, one value per face."""
+    the donor mode redacts them), worst over jittered points. Per mode, one value per face.
+    ``unsure`` True or False: instead, the faces whose detector score is under the donor mode's
+    ``min_score`` (found down to the agent's border threshold: heads cut by the frame's edge) whose
+    landmarks do not fit (False) or fit (True)."""
     from edge_agent.anonymize.classical import Blur
     from edge_agent.anonymize.donor import HeadBlur, head_face, landmarks_fit
+    from edge_agent.config import AnonymizerConfig, DetectorConfig
 
-    det, emb = YuNet(yunet_path(shared), threads=threads), ArcFaceEmbedder(arcface_path(shared), threads=threads)
+    scored = unsure is not None
+    det = YuNet(yunet_path(shared), threads=threads, **({"score_threshold": DetectorConfig().border_score_threshold} if scored else {}))
+    emb = ArcFaceEmbedder(arcface_path(shared), threads=threads)
+    min_score = AnonymizerConfig().donor.min_score
     modes: dict[str, Anonymizer] = {"head-blur (donor mode)": HeadBlur(), "flat blur (classical)": Blur(), "pixelate": Pixelate()}
     out: dict[str, list[float]] = {m: [] for m in modes}
     for clip, every in MISFIT_CLIPS:
-        for _, frame in every_nth_frame(Path(shared) / "video" / clip, every, f"misfit faces ({clip})"):
+        for _, frame in every_nth_frame(Path(shared) / "video" / clip, every, f"{'unsure' if scored else 'misfit'} faces ({clip})"):
             for face in det.detect(frame):
-                if landmarks_fit(face) or face.width < 30:
+                fits = landmarks_fit(face)
+                wanted = fits == unsure and face.score < min_score if scored else not fits
+                if not wanted or face.width < 30:
                     continue
                 views = jittered(face)
                 originals = emb.embed(frame, views)
@@ -194,7 +203,8 @@ def misfit_similarity(shared: Path, threads: int) -> dict[str, np.ndarray]:
                     continue
                 for name, mode in modes.items():
                     redacted = frame.copy()
-                    mode.anonymize(redacted, head_face(face), 1)
+                    # an unsure face's mosaic covers its own region, as the fallback lays it
+                    mode.anonymize(redacted, face if scored and name == "pixelate" else head_face(face), 1)
                     out[name].append(float(np.sum(originals * emb.embed(redacted, views), 1).max()))
     return {k: np.array(v, np.float32) for k, v in out.items()}
 
@@ -244,5 +254,8 @@ def _print(rows: dict[str, np.ndarray], what: str) -> None:
 
 def misfit_check(args) -> None:
     _print(misfit_similarity(args.shared, args.threads), "identifiable misfit faces")
+    for fits in (False, True):
+        _print(misfit_similarity(args.shared, args.threads, unsure=fits),
+               f"identifiable faces scored under min_score whose landmarks {'fit' if fits else 'do not fit'}")
     if args.turned_limit:
         _print(turned_similarity(args.shared, args.threads, args.turned_limit), f"renders of faces turned past the donor's limit and within {args.turned_limit:g}")
