@@ -1180,7 +1180,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         self._frame_renders = 0  # the first face of a frame is always served: a crowd still moves
         self._frame_reach = None if faces is None else [reach(f) for f in faces]
         if self._original is None and frame is not None and faces is not None and any(
-                f.width < self.min_face_px or f.score < self.min_score for f in faces):
+                self._classical(f, None) for f in faces):
             # such faces get their mosaic first (:meth:`priority`): a donor's colour, tone and
             # apparent sex are still read from the face as filmed (:meth:`original`)
             self._original = frame.copy()
