@@ -35,6 +35,8 @@ def main(argv=None) -> None:
     a.add_argument("--limit", type=int, default=0, help="at most this many donors (0 = all)")
     a.add_argument("--big", type=int, default=None, help="donors also packed at 256 px for close-ups (default: donor_bank.BIG)")
     a.add_argument("--grid", type=Path, default=Path("reports/anonymizer/donor_bank_grid.png"), help="contact sheet of the first donors")
+    a.add_argument("--review", type=Path, default=Path("reports/anonymizer/donor_review_eyes.png"),
+                   help="contact sheet of the close-up donors with the darkest eyes (check donor_occluders.csv against it)")
 
     a = sub.add_parser("train-teacher", help="train (or resume) the multi-step teacher")
     a.add_argument("--data", type=Path, default=Path("data/anonymizer"))
@@ -204,10 +206,11 @@ def main(argv=None) -> None:
         synth(args.n, args.seed, args.out, args.psi, args.gen_python, first=args.first,
               turn=(args.turn, *args.shift) if args.turn else None)
     elif args.cmd == "donor-bank":
-        from model_export.anonymizer.donor_bank import BIG, grid, pack
+        from model_export.anonymizer.donor_bank import BIG, grid, pack, review
 
         pack(args.synth, args.out, args.limit, BIG if args.big is None else args.big)
         grid(args.out, args.grid)
+        review(args.out, args.review)
     elif args.cmd == "train-teacher":
         from model_export.anonymizer.teacher import train_teacher
 

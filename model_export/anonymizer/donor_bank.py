@@ -103,8 +103,9 @@ OCCLUDERS = Path(__file__).resolve().parent / "weights" / "donor_occluders.csv"
 
 def occluded(data: dict, rows: np.ndarray, metas: list[str]) -> np.ndarray:
     """Per donor: does ``weights/donor_occluders.csv`` name it (generator index and synth run)?
-    Close-up donors with a hand on the chin or sunglasses, found by looking at all 480: pasted,
-    the hand lands on a stranger's chin and sunglasses go indoors; the agent never draws them."""
+    Close-up donors with a hand on the chin or sunglasses, found by looking at all 480 (and at
+    :func:`review`'s sheet), or with a second, smeared face against a cheek: pasted, the hand lands
+    on a stranger's chin and sunglasses go indoors; the agent never draws them."""
     named = {(int(r["generator_index"]), r["synth_run"]) for r in csv.DictReader(open(OCCLUDERS))}
     return np.array([_run_key(data, i, metas) in named for i in rows], bool)
 
@@ -117,6 +118,43 @@ def grid(bank: Path, out: Path, rows: int = 4, cols: int = 12, side: int = 80) -
                  for i in range(min(rows * cols, len(offsets) - 1))]
     tiles += [np.zeros_like(tiles[0])] * (rows * cols - len(tiles))
     sheet = np.vstack([np.hstack(tiles[r * cols:(r + 1) * cols]) for r in range(rows)])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), sheet)
+
+
+def dark_eyes(crop: np.ndarray, lm: np.ndarray) -> float:
+    """How dark an aligned crop's eyes are against its cheeks: the brighter quartile of the eye
+    patches' L* over the cheeks' median (sunglasses near 0.1-0.5, bare eyes mostly above 0.5)."""
+    lum = cv2.cvtColor(crop, cv2.COLOR_BGR2LAB)[..., 0].astype(np.float32)
+    r = max(2, int(0.18 * abs(lm[1, 0] - lm[0, 0])))
+    mouth_y = (lm[3, 1] + lm[4, 1]) / 2
+
+    def patch(x: float, y: float) -> np.ndarray:
+        x, y = int(x), int(y)
+        return lum[max(0, y - r):y + r, max(0, x - r):x + r].ravel()
+
+    eyes = np.concatenate([patch(*lm[0]), patch(*lm[1])])
+    cheeks = np.concatenate([patch(lm[0, 0], (lm[0, 1] + mouth_y) / 2), patch(lm[1, 0], (lm[1, 1] + mouth_y) / 2)])
+    return float(np.percentile(eyes, 75) / (np.median(cheeks) + 1.0))
+
+
+def review(bank: Path, out: Path, n: int = 96, cols: int = 12, side: int = 96) -> None:
+    """A contact sheet of the ``n`` close-up donors with the darkest eyes (:func:`dark_eyes`),
+    darkest first, each labelled with its generator index, red where ``donor_occluders.csv`` flags
+    it: where the sunglasses are, for whoever checks the flag list after a rebuild (one pair was
+    missed when all 480 were looked at in bank order, and drawn onto a stranger)."""
+    with np.load(bank, allow_pickle=False) as z:
+        rows, index, flagged = z["big"], z["index"], z["occluded"]
+        crops = [cv2.imdecode(z["jpeg"][z["offsets"][i]:z["offsets"][i + 1]], cv2.IMREAD_COLOR) for i in rows]
+        score = np.array([dark_eyes(c, z["landmarks"][i]) for c, i in zip(crops, rows)])
+    tiles = []
+    for k in np.argsort(score)[:n]:
+        tile = cv2.resize(crops[k], (side, side), interpolation=cv2.INTER_AREA)
+        colour = (0, 0, 255) if flagged[rows[k]] else (0, 255, 0)
+        cv2.putText(tile, str(int(index[rows[k]])), (2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1)
+        tiles.append(tile)
+    tiles += [np.zeros((side, side, 3), np.uint8)] * (-len(tiles) % cols)
+    sheet = np.vstack([np.hstack(tiles[r:r + cols]) for r in range(0, len(tiles), cols)])
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), sheet)
 
