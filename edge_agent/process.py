@@ -24,7 +24,6 @@ from edge_agent.video_io import Frame, VideoReader, VideoWriter, container_forma
 
 log = logging.getLogger(__name__)
 
-STILL_IMAGE_TIMEOUT_S = 60.0
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -50,10 +49,7 @@ def process_file(models: Models, source: Path, output: Path, progress: bool = Tr
     if source.suffix.lower() in IMAGE_SUFFIXES:
         image = read_image(source, models.config.pipeline.max_frame_pixels)
         # A still photo has no temporal evidence to gather: one confident recognition decides.
-        guard = models.pipeline(stats, still=True)
-        # No frame rate to keep for a still image: a slow CPU (tiles of a large photo) must not
-        # turn it into a blank one. A failing stage still redacts it whole.
-        guard.timeout_s = max(guard.timeout_s, STILL_IMAGE_TIMEOUT_S)
+        guard = models.pipeline(stats, still=True)  # with a deadline of STILL_IMAGE_TIMEOUT_S at least
         start = time.perf_counter()
         try:
             out, _ = guard.filter_array(image)

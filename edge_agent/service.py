@@ -19,6 +19,10 @@ from edge_agent.pipeline import FailClosed, FilteredFrame, FramePipeline
 from edge_agent.registry import Registry
 from edge_agent.stats import CameraStats
 
+# A still photo has no frame rate to keep: a slow CPU (tiles of a large photo, a crowd's donors)
+# must not turn it into a blank one. A failing stage still redacts it whole.
+STILL_IMAGE_TIMEOUT_S = 60.0
+
 log = logging.getLogger(__name__)
 
 
@@ -68,7 +72,10 @@ class Models:
         frame_pipeline = FramePipeline(self.config, self.detector, self.embedder, self.gallery, anonymizer, fallback, stats, still,
                                        audit=self.audit)
         cfg = self.config.pipeline
-        return FailClosed(frame_pipeline, cfg.frame_timeout_ms / 1000.0, self.config.anonymizer.frame_fallback, cfg.jpeg_quality, stats)
+        timeout_s = cfg.frame_timeout_ms / 1000.0
+        if still:
+            timeout_s = max(timeout_s, STILL_IMAGE_TIMEOUT_S)
+        return FailClosed(frame_pipeline, timeout_s, self.config.anonymizer.frame_fallback, cfg.jpeg_quality, stats)
 
 
 class CameraWorker:

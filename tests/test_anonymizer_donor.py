@@ -976,7 +976,7 @@ def test_a_still_photo_gives_every_face_its_donor_at_once(shared_dir, make_confi
     frames, with the classical fallback until their turn. A still photo has no next frame: run as
     a stream, most portraits of a 1080p mosaic kept the mosaic; as a photo (``edge-agent process``
     on an image) every one gets its donor."""
-    from edge_agent.service import Models
+    from edge_agent.service import STILL_IMAGE_TIMEOUT_S, Models
     from edge_agent.stats import CameraStats
 
     people = sorted((shared_dir / "faces/people").rglob("*.jpg"))[:8]
@@ -991,12 +991,15 @@ def test_a_still_photo_gives_every_face_its_donor_at_once(shared_dir, make_confi
     served = {}
     for still in (False, True):
         guard = models.pipeline(CameraStats("mosaic"), still=still)
+        guard.timeout_s = STILL_IMAGE_TIMEOUT_S  # the budgets under test, not the stream's deadline
         try:
-            out, _ = guard.filter_array(canvas.copy())
+            out, redacted = guard.filter_array(canvas.copy())
         finally:
             guard.close()
         served[still] = dict(guard.pipeline.anonymizer.stats)
-        assert out.shape == canvas.shape
+        # a frame past its deadline is redacted whole while its worker runs on, and its stats are a
+        # snapshot: on a loaded CPU the stream's deadline went by with 7 of 8 donors drawn
+        assert out.shape == canvas.shape and not redacted, served[still]
     assert served[False]["over_budget"] >= 3, served[False]
     assert served[True]["over_budget"] == 0 and served[True]["new_tracks"] >= 8, served[True]
 

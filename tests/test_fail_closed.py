@@ -46,8 +46,12 @@ def _fully_redacted(frame: np.ndarray) -> bool:
     return bool(np.all(frame == np.array(SOLID_BGR, np.uint8)))
 
 
-def _guard(config, models: Models, stats: CameraStats):
-    return models.pipeline(stats, still=True)
+def _guard(models: Models, stats: CameraStats):
+    """A photo's guard, with the configured frame deadline (``frame_timeout_ms``) under test instead
+    of a still photo's minute (``STILL_IMAGE_TIMEOUT_S``)."""
+    guard = models.pipeline(stats, still=True)
+    guard.timeout_s = models.config.pipeline.frame_timeout_ms / 1000.0
+    return guard
 
 
 @pytest.mark.parametrize("stage", ["detector", "embedder"])
@@ -61,7 +65,7 @@ def test_detector_or_recogniser_fault_gives_redacted_frame(stage, mode, make_con
     else:
         models.embedder = Faulty(models.embedder, "embed", mode)
     stats = CameraStats("t")
-    guard = _guard(config, models, stats)
+    guard = _guard(models, stats)
     out, redacted = guard.filter_array(photo.copy())
     assert redacted and _fully_redacted(out)
     assert stats.counters["frames_redacted"] == 1
@@ -83,7 +87,7 @@ def test_lookahead_detection_fault_gives_redacted_frame(mode, make_config, photo
     real = models.detector
     models.detector = Faulty(real, "detect", mode)
     stats = CameraStats("t")
-    guard = _guard(config, models, stats)
+    guard = _guard(models, stats)
     out, redacted = guard.filter_array(photo.copy(), guard.pipeline.detect_ahead(photo.copy()))
     assert redacted and _fully_redacted(out)
     models.detector.release.set()
@@ -99,7 +103,7 @@ def test_lookahead_detection_fault_gives_redacted_frame(mode, make_config, photo
 
 def test_lookahead_detection_is_the_inline_detection(make_config, photo):
     models = Models(make_config())
-    guard = _guard(None, models, CameraStats("t"))
+    guard = _guard(models, CameraStats("t"))
     ahead = guard.pipeline.detect_ahead(photo.copy()).result(timeout=30)
     inline = models.detector.detect(photo.copy())
     assert len(ahead) == len(inline) == 2
@@ -114,7 +118,7 @@ def test_anonymizer_fault_falls_back_per_face(make_config, photo, face_models):
     config = make_config()
     models = Models(config)
     stats = CameraStats("t")
-    guard = _guard(config, models, stats)
+    guard = _guard(models, stats)
     guard.pipeline.anonymizer = Faulty(guard.pipeline.anonymizer, "anonymize", "raise")
     original = photo.copy()
     out, redacted = guard.filter_array(photo)
@@ -131,7 +135,7 @@ def test_anonymizer_and_fallback_fault_gives_redacted_frame(mode, make_config, p
     config = make_config(pipeline={"frame_timeout_ms": 300})
     models = Models(config)
     stats = CameraStats("t")
-    guard = _guard(config, models, stats)
+    guard = _guard(models, stats)
     guard.pipeline.anonymizer = Faulty(guard.pipeline.anonymizer, "anonymize", mode)
     guard.pipeline.fallback = Faulty(guard.pipeline.fallback, "anonymize", mode)
     out, redacted = guard.filter_array(photo.copy())
@@ -148,7 +152,7 @@ def test_no_embedder_hides_everyone(make_config, photo, face_models, tmp_path):
     models = Models(config)
     assert models.embedder is None
     stats = CameraStats("t")
-    guard = _guard(config, models, stats)
+    guard = _guard(models, stats)
     original = photo.copy()
     out, redacted = guard.filter_array(photo)
     assert not redacted and stats.counters["faces_shown"] == 0 and stats.counters["faces_anonymized"] == 2

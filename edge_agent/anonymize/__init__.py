@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 # The project's own distilled student (model card: edge_agent/assets/FACE_STUDENT.md).
 STUDENT = Path(__file__).resolve().parent.parent / "assets" / "face_student.onnx"
-# A still photo's time for its generated faces (a third of edge_agent.process.STILL_IMAGE_TIMEOUT_S,
+# A still photo's time for its generated faces (a third of edge_agent.service.STILL_IMAGE_TIMEOUT_S,
 # past which the whole photo is redacted): a crowd's faces past it keep the classical fallback.
 STILL_BUDGET_MS = 20_000.0
 
