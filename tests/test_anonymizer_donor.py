@@ -798,7 +798,8 @@ def test_under_a_coloured_stage_light_the_donor_s_dark_parts_stay_dark_not_colou
     """The light's colour is a per-channel gain on the donor and its contrast a gain on each
     pixel's grey level: shifted instead, a donor's beard and lips went below zero in some
     channels under a green light (down to -69 grey levels) and came out as saturated green
-    blotches."""
+    blotches. Every close-up donor that may be drawn is tried: the shading put back dips a
+    little below zero (down to -12.5 over the obama and biden photos at full size, 2026-12-05)."""
     from edge_agent.anonymize.diffusion import aligned_crop
     from edge_agent.anonymize.donor import ColourStats, paste_masks, transfer
 
@@ -807,10 +808,11 @@ def test_under_a_coloured_stage_light_the_donor_s_dark_parts_stay_dark_not_colou
     img, face = photos[0]
     crop, _, _ = aligned_crop(_stage_lit(img, (0.3, 1.0, 0.35)), face, 128)
     _, _, hard, inner = paste_masks(128)
-    donors = [i for i in range(bank.size) if bank.has_big(i) and bank.clear(i)][::40][:12]
+    donors = [i for i in range(bank.size) if bank.has_big(i) and bank.clear(i)]
+    assert len(donors) > 400
     for i in donors:
         out = transfer(bank.donor(i)[0].astype(np.float32), crop, hard, inner, ColourStats.of(crop, inner), 1.0)
-        assert out[inner].min() >= -5.0, (i, out[inner].min(0))  # the shading put back may dip a little
+        assert out[inner].min() >= -16.0, (i, out[inner].min(0))
 
 
 def test_on_an_infrared_grey_camera_the_new_face_is_grey_and_chosen_without_colour(models):
