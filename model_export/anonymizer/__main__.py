@@ -181,6 +181,9 @@ def main(argv=None) -> None:
     a.add_argument("--shared", type=Path, required=True)
     a.add_argument("--share", type=float, default=None, help="the block test's share (default: the deployed SMEAR_SHARE; 0: no block test)")
 
+    a = sub.add_parser("warp-check", help="how far the small faces' donor warp stretches the face (crowd photos), least squares vs LMEDS")
+    a.add_argument("--shared", type=Path, required=True)
+
     a = sub.add_parser("misfit-check", help="turned heads of the clips vs their originals after the donor mode's head blur, the flat blur and the mosaic")
     a.add_argument("--shared", type=Path, required=True)
     a.add_argument("--turned-limit", type=float, default=0.0, help="also: donors on the faces turned past the donor's yaw limit and within this one")
@@ -284,6 +287,10 @@ def main(argv=None) -> None:
         from model_export.anonymizer.smear_check import smear_check
 
         smear_check(args)
+    elif args.cmd == "warp-check":
+        from model_export.anonymizer.warp_check import warp_check
+
+        warp_check(args)
     elif args.cmd == "misfit-check":
         from model_export.anonymizer.clip_check import misfit_check
 
