@@ -116,30 +116,6 @@ def test_donors_with_a_hand_at_the_chin_sunglasses_a_fringe_or_headwear_over_the
         bank._clear[:] = cache
 
 
-def test_the_stranger_s_hair_shows_where_the_donor_s_hair_is_faded_out_and_never_below_the_upper_forehead():
-    """Where the donor's forehead is hair (faded out of the paste) and the stranger's is hair too,
-    the stranger's hair shows lightly blurred, as beside it: under the strong blur a stranger's
-    curls came out as a smooth brown dome over the new face (crowds/12.jpg). A bare forehead keeps
-    the strong blur, and nothing from the eyes up to ``FOREHEAD_BAND`` spans above them (the brows)
-    is ever let through, however dark."""
-    from edge_agent.anonymize.donor import eyes_and_span, hair_under_hair
-
-    bank = DonorBank()
-    crop = bank.donor(int(bank.nearest(0.0, 0.0, np.float32([65, 12, 16]), k=1)[0]))[0]
-    size = crop.shape[0]
-    band = forehead_band(size)
-    eyes_y, span = eyes_and_span(size)
-    brows = np.zeros((size, size), bool)
-    brows[int(eyes_y - 0.55 * span):int(eyes_y), :] = True
-    dark = crop.copy()
-    dark[band | brows] = (25, 20, 20)  # black hair over the forehead, down over the brows
-    everywhere = np.ones((size, size), np.float32)
-    assert hair_under_hair(dark, everywhere)[band].mean() > 0.9
-    assert not hair_under_hair(dark, everywhere)[~band].any()
-    assert not hair_under_hair(dark, np.zeros((size, size), np.float32)).any()  # the donor's own skin goes there
-    assert hair_under_hair(crop, everywhere)[band].mean() < 0.1  # a bare forehead
-
-
 def test_a_light_fringe_is_told_from_skin():
     """A blond fringe is as light as skin and nearly its colour: the colour rule (``not_skin``)
     passed it, so such donors were chosen and their fringe pasted as streaks across a stranger's

@@ -224,16 +224,6 @@ def off_face(crop: np.ndarray) -> np.ndarray:
     return not_skin(crop, top_bottom) | fringe | not_skin(crop, sides, shade_is_skin=True)
 
 
-def hair_under_hair(crop: np.ndarray, off: np.ndarray) -> np.ndarray:
-    """Bool mask (template space) of the upper forehead (from ``FOREHEAD_BAND`` eye-to-mouth spans
-    above the eyes) where the donor is hair (``off``, faded out of the paste) and the stranger's
-    aligned ``crop`` is hair too (:func:`not_skin`): there the stranger's hair shows under the
-    head's light blur, as beside it. Under the strong blur a stranger's curls or fringe came out
-    as a smooth brown dome over the new face (crowds/12.jpg)."""
-    band = forehead_band(crop.shape[0])
-    return band & (off > 0.5) & not_skin(crop, band)
-
-
 def without_off_face(alpha: np.ndarray, sharp: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The paste's masks (template space) faded where the warped donor is not its face at the
     paste's top, bottom and sides (``off``: 0-1, :func:`off_face` warped with the donor): the
@@ -1120,10 +1110,9 @@ class DonorAnonymizer(TrackedAnonymizer):
                                     borderMode=cv2.BORDER_REPLICATE)
         warped, off = warped[..., :3], warped[..., 3].astype(np.float32) / 255.0
         alpha, sharp, hard, inner = paste_masks(size)
-        under = alpha  # the strong blur goes under the whole paste, the donor's face or not...
+        under = alpha  # the strong blur goes under the whole paste, the donor's face or not
         if off.any():
             alpha, sharp = without_off_face(alpha, sharp, off)
-            under = np.where(hair_under_hair(crop, off), 0.0, under).astype(np.float32)  # ...but where hair meets hair
         skin = skin_mask(crop)
         now = ColourStats.of(crop, inner, skin)
         track.stats = now if track.stats is None else track.stats.blend(now, STAT_SMOOTHING)
