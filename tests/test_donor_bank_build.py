@@ -11,7 +11,7 @@ import pytest
 from edge_agent.align import template
 from edge_agent.anonymize.diffusion import MARGIN
 from edge_agent.anonymize.donor import BANK_SIDE, BIG_SIDE, DonorBank
-from model_export.anonymizer.donor_bank import MAX_YAW, OCCLUDERS, dark_eyes, pack, review, spread
+from model_export.anonymizer.donor_bank import MAX_YAW, OCCLUDERS, darkest_eyes, pack, review, spread
 from model_export.anonymizer.pose_direction import fit
 
 
@@ -131,17 +131,15 @@ def test_pack_flags_the_donors_the_occluder_list_names_and_the_bank_never_draws_
 
 
 def test_the_review_sheet_puts_every_listed_pair_of_sunglasses_among_its_first_donors(tmp_path):
-    """``review`` ranks the close-up donors by :func:`dark_eyes`: every donor the occluder list
+    """``review`` ranks the close-up donors by how dark their eyes are: every donor the occluder list
     names for sunglasses ranks among the darkest 24 of the bank's 480 (a score blind to sunglasses
     spreads them over all 480), and the sheet is written, 12 tiles a row."""
     from edge_agent.anonymize.donor import BANK
 
-    with np.load(BANK, allow_pickle=False) as z:
-        rows, index = z["big"], z["index"]
-        score = np.array([dark_eyes(cv2.imdecode(z["jpeg"][z["offsets"][i]:z["offsets"][i + 1]], cv2.IMREAD_COLOR), z["landmarks"][i])
-                          for i in rows])
+    ranked = darkest_eyes(BANK)
     sunglasses = {int(r["generator_index"]) for r in csv.DictReader(open(OCCLUDERS)) if r["occluder"] == "sunglasses"}
-    darkest = set(index[rows[np.argsort(score)[:24]]].tolist())
+    darkest = {index for index, _, _ in ranked[:24]}
+    assert len(ranked) == 480
     assert len(sunglasses) == 8 and sunglasses <= darkest
     review(BANK, tmp_path / "review.png", n=30)
     assert cv2.imread(str(tmp_path / "review.png")).shape == (3 * 96, 12 * 96, 3)

@@ -1199,15 +1199,21 @@ def target_landmarks(crop_lm: np.ndarray, donor_lm: np.ndarray, degree: float) -
     return (placed + geometry_kept(degree) * (crop_lm - placed)).astype(np.float32)
 
 
+def stretch(matrix: np.ndarray) -> float:
+    """How much an affine (2x3) stretches along one axis against the other: its linear part's
+    largest over smallest singular value (1: none; inf: flattened)."""
+    sv = np.linalg.svd(np.asarray(matrix, np.float64)[:, :2], compute_uv=False)
+    return float(sv[0] / sv[1]) if sv[1] > 1e-9 else float("inf")
+
+
 def landmark_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """The least-squares affine (2x3) taking the 5 points ``src`` to ``dst``, or their similarity
-    where it would stretch the face more than ``MAX_STRETCH`` along one axis against the other.
-    A robust fit (LMEDS) fits three of five points exactly, which leaves a median error of zero
-    whatever the other two do: on crowds/20.jpg one 51 px face's donor came out squashed to a third
-    across (singular values 1.05 and 0.34) and torn into diagonal streaks."""
+    where it would stretch the face more than ``MAX_STRETCH`` (:func:`stretch`). A robust fit
+    (LMEDS) fits three of five points exactly, which leaves a median error of zero whatever the
+    other two do: on crowds/20.jpg one 51 px face's donor came out squashed to a third across and
+    torn into diagonal streaks."""
     a = np.linalg.lstsq(np.hstack([src, np.ones((len(src), 1), np.float32)]).astype(np.float64), dst.astype(np.float64), rcond=None)[0].T
-    sv = np.linalg.svd(a[:, :2], compute_uv=False)
-    if not np.isfinite(a).all() or sv[1] <= 1e-6 or sv[0] / sv[1] > MAX_STRETCH:
+    if not np.isfinite(a).all() or stretch(a) > MAX_STRETCH:
         return similarity_transform(src, dst)
     return a.astype(np.float32)
 

@@ -138,20 +138,25 @@ def dark_eyes(crop: np.ndarray, lm: np.ndarray) -> float:
     return float(np.percentile(eyes, 75) / (np.median(cheeks) + 1.0))
 
 
-def review(bank: Path, out: Path, n: int = 96, cols: int = 12, side: int = 96) -> None:
-    """A contact sheet of the ``n`` close-up donors with the darkest eyes (:func:`dark_eyes`),
-    darkest first, each labelled with its generator index, red where ``donor_occluders.csv`` flags
-    it: where the sunglasses are, for whoever checks the flag list after a rebuild (one pair was
-    missed when all 480 were looked at in bank order, and drawn onto a stranger)."""
+def darkest_eyes(bank: Path) -> list[tuple[int, np.ndarray, bool]]:
+    """The bank's close-up donors, darkest eyes first (:func:`dark_eyes`): (generator index, its
+    128 px crop, flagged in ``donor_occluders.csv``)."""
     with np.load(bank, allow_pickle=False) as z:
         rows, index, flagged = z["big"], z["index"], z["occluded"]
         crops = [cv2.imdecode(z["jpeg"][z["offsets"][i]:z["offsets"][i + 1]], cv2.IMREAD_COLOR) for i in rows]
         score = np.array([dark_eyes(c, z["landmarks"][i]) for c, i in zip(crops, rows)])
+    return [(int(index[rows[k]]), crops[k], bool(flagged[rows[k]])) for k in np.argsort(score, kind="stable")]
+
+
+def review(bank: Path, out: Path, n: int = 96, cols: int = 12, side: int = 96) -> None:
+    """A contact sheet of the ``n`` close-up donors with the darkest eyes (:func:`darkest_eyes`),
+    each labelled with its generator index, red where ``donor_occluders.csv`` flags it: where the
+    sunglasses are, for whoever checks the flag list after a rebuild (one pair was missed when all
+    480 were looked at in bank order, and drawn onto a stranger)."""
     tiles = []
-    for k in np.argsort(score)[:n]:
-        tile = cv2.resize(crops[k], (side, side), interpolation=cv2.INTER_AREA)
-        colour = (0, 0, 255) if flagged[rows[k]] else (0, 255, 0)
-        cv2.putText(tile, str(int(index[rows[k]])), (2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1)
+    for index, crop, flagged in darkest_eyes(bank)[:n]:
+        tile = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
+        cv2.putText(tile, str(index), (2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 255) if flagged else (0, 255, 0), 1)
         tiles.append(tile)
     tiles += [np.zeros((side, side, 3), np.uint8)] * (-len(tiles) % cols)
     sheet = np.vstack([np.hstack(tiles[r:r + cols]) for r in range(0, len(tiles), cols)])

@@ -20,16 +20,10 @@ from tqdm import tqdm
 NEAREST = 3
 
 
-def stretch(matrix: np.ndarray) -> float:
-    """Largest over smallest singular value of an affine's linear part (1: no stretch)."""
-    sv = np.linalg.svd(np.asarray(matrix, np.float64)[:, :2], compute_uv=False)
-    return float(sv[0] / max(sv[1], 1e-9))
-
-
 def warp_check(args) -> None:
     from edge_agent.anonymize.descriptors import pose
     from edge_agent.anonymize.diffusion import aligned_crop
-    from edge_agent.anonymize.donor import SIZE_CLASSES, SMALL_FACE_PX, DonorBank, landmark_affine, target_landmarks
+    from edge_agent.anonymize.donor import SIZE_CLASSES, SMALL_FACE_PX, DonorBank, landmark_affine, stretch, target_landmarks
     from edge_agent.config import DonorConfig
     from edge_agent.models.yunet import YuNet
     from model_export.anonymizer.data import yunet_path
