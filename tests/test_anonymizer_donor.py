@@ -821,8 +821,8 @@ def test_under_a_coloured_stage_light_the_donor_s_dark_parts_stay_dark_not_colou
     """The light's colour is a per-channel gain on the donor and its contrast a gain on each
     pixel's grey level: shifted instead, a donor's beard and lips went below zero in some
     channels under a green light (down to -69 grey levels) and came out as saturated green
-    blotches. Every close-up donor that may be drawn is tried: the shading put back dips a
-    little below zero (down to -12.5 over the obama and biden photos at full size, 2026-12-05)."""
+    blotches. Every close-up donor that may be drawn is tried: the shading put back may dip a
+    little below zero."""
     from edge_agent.anonymize.diffusion import aligned_crop
     from edge_agent.anonymize.donor import ColourStats, paste_masks, transfer
 
