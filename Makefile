@@ -32,7 +32,7 @@ export EDGE_AGENT_DATA_DIR ?= $(abspath $(DATA_DIR))
 REPORTS  ?= build/reports
 ANON_DATA ?= data/anonymizer
 
-.PHONY: setup venv models quantize quantize-detector need-shared verify engines run test bench bench-venv gen-venv synth synth-turned donor-bank eval-anonymizer install-service clean
+.PHONY: setup venv models quantize quantize-detector need-shared verify engines run test bench bench-venv gen-venv synth synth-turned synth-young donor-bank eval-anonymizer install-service clean
 
 setup: venv models quantize ## virtualenv, pinned dependencies, verified models, the INT8 embedder
 
@@ -139,8 +139,23 @@ synth-turned: synth ## turned synthetic faces (yaw direction fitted on the plain
 	nice -n 19 $(PY) -m model_export.anonymizer --threads 1 synth --n $(TURNED_N) --seed $(SYNTH_SEED) --first 100000 \
 		--turn $(ANON_DATA)/yaw_direction.npy --shift 2 5 --out $(ANON_DATA)/synth_turned
 
-donor-bank: synth synth-turned ## pack the donor bank asset (edge_agent/assets/donor_bank.npz) from the synthetic faces
-	$(PY) -m model_export.anonymizer donor-bank --synth $(ANON_DATA)/synth $(ANON_DATA)/synth_turned --out edge_agent/assets/donor_bank.npz
+# Children are few in the generator's output (55 of the 480 close-up donors): more come from faces
+# moved along its child direction, fitted to the hand labels of weights/donor_age_labels.csv: far
+# along it (mostly toddlers; the age classifier's training children) and to where the labelled
+# children lie (school age; hand-labelled too, and the bank's young close-up donors).
+YOUNG_N ?= 400
+synth-young: synth-turned ## child synthetic faces (child direction fitted on the hand labels) -> data/anonymizer/synth_young, synth_children (resumable)
+	@[ -f $(ANON_DATA)/child_direction.npy ] || PYTHONPATH=$(CURDIR) OMP_NUM_THREADS=1 .venv-gen/bin/python -m model_export.anonymizer.age_direction \
+		--seed $(SYNTH_SEED) --yaw $(ANON_DATA)/yaw_direction.npy --synth $(ANON_DATA)/synth $(ANON_DATA)/synth_turned \
+		--out $(ANON_DATA)/child_direction.npy --along $(ANON_DATA)/child_along.npz
+	nice -n 19 $(PY) -m model_export.anonymizer --threads 1 synth --n $(YOUNG_N) --seed $(SYNTH_SEED) --first 200000 \
+		--turn $(ANON_DATA)/child_direction.npy --shift 2.5 4.5 --out $(ANON_DATA)/synth_young
+	nice -n 19 $(PY) -m model_export.anonymizer --threads 1 synth --n $(YOUNG_N) --seed $(SYNTH_SEED) --first 300000 \
+		--turn $(ANON_DATA)/child_direction.npy --to --shift 1.8 2.6 --out $(ANON_DATA)/synth_children
+
+donor-bank: synth synth-turned synth-young ## pack the donor bank asset (edge_agent/assets/donor_bank.npz) from the synthetic faces
+	$(PY) -m model_export.anonymizer donor-bank --synth $(ANON_DATA)/synth $(ANON_DATA)/synth_turned --young $(ANON_DATA)/synth_children \
+		--out edge_agent/assets/donor_bank.npz
 
 # prepare: LFW faces detected and aligned once into $(ANON_DATA)/lfw.npz (kept; delete it to redo).
 $(ANON_DATA)/lfw.npz:

@@ -142,6 +142,7 @@ class DonorConfig(Strict):
     refiner_model: Optional[Path] = Field(None, description="refiner ONNX; default: the packed edge_agent/assets/face_refiner.onnx")
     refine_budget_ms: float = Field(30, gt=0, description="per-frame time for refining; faces past it keep the unrefined donor composite for that frame")
     match_sex: bool = Field(True, description="draw each stranger's donor among donors of their apparent sex when the small classifier leans to one side (edge_agent/assets/APPARENT_SEX.md); the score never leaves the process")
+    match_age: bool = Field(True, description="draw a child's donor among child donors, an adult's among adults, when the small child-or-adult classifier is sure (edge_agent/assets/APPARENT_AGE.md); the score never leaves the process")
 
 
 class AnonymizerConfig(Strict):

@@ -40,7 +40,7 @@ def test_bank_matches_its_model_card():
     card = CARD.read_text()
     assert re.search(r"sha256 `([0-9a-f]{64})`", card).group(1) == digest
     bank = DonorBank()
-    assert bank.size >= 800 and BANK.stat().st_size < 16e6
+    assert bank.size >= 800 and BANK.stat().st_size < 17e6  # 16.3 MB since the 121 children's close-up donors
     assert np.all(np.isfinite(bank.pose)) and np.all(np.isfinite(bank.tone))
     crop, lm = bank.donor(bank.size + 3)  # a mirrored donor
     assert crop.shape == (128, 128, 3) and lm[0, 0] < lm[1, 0]

@@ -132,14 +132,14 @@ def test_pack_flags_the_donors_the_occluder_list_names_and_the_bank_never_draws_
 
 def test_the_review_sheet_puts_every_listed_pair_of_sunglasses_among_its_first_donors(tmp_path):
     """``review`` ranks the close-up donors by how dark their eyes are: every donor the occluder list
-    names for sunglasses ranks among the darkest 24 of the bank's 480 (a score blind to sunglasses
-    spreads them over all 480), and the sheet is written, 12 tiles a row."""
+    names for sunglasses ranks among the darkest 24 of the bank's 601 (a score blind to sunglasses
+    spreads them over all 601), and the sheet is written, 12 tiles a row."""
     from edge_agent.anonymize.donor import BANK
 
     ranked = darkest_eyes(BANK)
     sunglasses = {int(r["generator_index"]) for r in csv.DictReader(open(OCCLUDERS)) if r["occluder"] == "sunglasses"}
     darkest = {index for index, _, _ in ranked[:24]}
-    assert len(ranked) == 480
+    assert len(ranked) == 601
     assert len(sunglasses) == 8 and sunglasses <= darkest
     review(BANK, tmp_path / "review.png", n=30)
     assert cv2.imread(str(tmp_path / "review.png")).shape == (3 * 96, 12 * 96, 3)

@@ -41,7 +41,7 @@ def donor_engine(cfg: AnonymizerConfig, fallback: Anonymizer, embedder=None, sti
             d.bank or BANK, degree=d.degree, min_face_px=d.min_face_px, min_score=d.min_score, small_faces=fallback,
             embedder=embedder, max_similarity=d.max_similarity, budget_ms=STILL_BUDGET_MS if still else d.budget_ms,
             frame_budget_ms=STILL_BUDGET_MS if still else d.frame_budget_ms, refiner=refiner,
-            refine_budget_ms=STILL_BUDGET_MS if still else d.refine_budget_ms, match_sex=d.match_sex,
+            refine_budget_ms=STILL_BUDGET_MS if still else d.refine_budget_ms, match_sex=d.match_sex, match_age=d.match_age,
             veil=embedder is None,  # nothing to find a face too close: every outline veiled (fail closed)
         )
     except Exception as exc:  # keep filtering with the classical redaction rather than not at all

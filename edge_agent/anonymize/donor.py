@@ -51,6 +51,8 @@ import cv2
 import numpy as np
 
 from edge_agent.align import similarity_transform, template
+from edge_agent.anonymize import apparent_age
+from edge_agent.anonymize.apparent_age import ApparentAge
 from edge_agent.anonymize.apparent_sex import SURE, ApparentSex, clash, unsure_cost
 from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_ellipse, face_region
 from edge_agent.anonymize.descriptors import appearance, eyes_and_span, lab_pixels, pose, skin_mask, tone_mask
@@ -68,6 +70,7 @@ BIG_CACHE = 64  # decoded close-up donors kept (256 KB each)
 PASTE_REACH = (0.9, 0.85, 1.12)  # paste ellipse: brow and chin in eye-to-mouth spans, half width in eye distances
 NEAREST = 12  # donors close in pose and tone among which the track's seed picks
 TRIES = 3  # candidates a track renders and checks at once (each a render and an embedding)...
+CHILD_TRIES = 6  # ...a child's track (children's faces stand closer together for the recogniser: more fail the check)...
 RETRY_FRAMES = 15  # ...and, all too close to the person, the next ones this many frames later (up to NEAREST in all)
 RESEX_GROWTH = 1.3  # a track's face this many times as wide as when its donor was drawn is scored for apparent sex again
 POSE_SCALE = np.array([0.08, 0.06], np.float32)  # yaw, pitch units: a "close" pose
@@ -358,6 +361,7 @@ class DonorBank:
             yaw, pitch, tone = z["yaw"], z["pitch"], z["tone"][:, :3]
             big = z["big"].astype(np.int64) if "big" in z.files else np.zeros(0, np.int64)
             male = z["male"].astype(np.float32) if "male" in z.files else np.full(len(yaw), np.nan, np.float32)
+            child = z["child"].astype(np.float32) if "child" in z.files else np.full(len(yaw), np.nan, np.float32)
             occluded = z["occluded"].astype(bool) if "occluded" in z.files else np.zeros(len(yaw), bool)
             if len(big):
                 self.jpeg_big, self.offsets_big = z["jpeg_big"], z["offsets_big"]
@@ -372,9 +376,12 @@ class DonorBank:
         self.tone = np.concatenate([tone, tone]).astype(np.float32)
         if len(male) != n:
             raise ValueError(f"{path}: malformed apparent-sex scores")
+        if len(child) != n:
+            raise ValueError(f"{path}: malformed apparent-age scores")
         if len(occluded) != n:
             raise ValueError(f"{path}: malformed occluder flags")
         self.male = np.concatenate([male, male])  # P(male) per donor, mirrors included (NaN: not scored)
+        self.child = np.concatenate([child, child])  # P(child) per donor, likewise
         self.size = n
         self._big = np.full(n, -1, np.int64)  # donor -> its row among the close-up crops
         self._big[big] = np.arange(len(big))
@@ -392,24 +399,29 @@ class DonorBank:
         """Donor ``i``'s row among the close-up crops when ``big`` and it has one, else -1."""
         return int(self._big[int(i) % self.size]) if big else -1
 
-    def nearest(self, yaw: float, pitch: float, tone: np.ndarray, k: int = NEAREST, big: bool = False, male: float = np.nan) -> np.ndarray:
+    def nearest(self, yaw: float, pitch: float, tone: np.ndarray, k: int = NEAREST, big: bool = False, male: float = np.nan,
+                child: float = np.nan) -> np.ndarray:
         """Indices (``>= size``: mirrored) of the ``k`` donors closest in pose and skin tone (a NaN
         component of ``tone`` is not compared), among
         those that may be chosen (:meth:`clear`; a bank with fewer such donors: among all).
         ``big``: among those with a 256 px crop, when the bank has any (a face that may come close).
         ``male``: the stranger's apparent-sex score; donors sure of the other sex are left out
         (:func:`~edge_agent.anonymize.apparent_sex.clash`), unless that leaves fewer than ``k``, and
-        those of no sure sex count as farther (:func:`~edge_agent.anonymize.apparent_sex.unsure_cost`)."""
+        those of no sure sex count as farther (:func:`~edge_agent.anonymize.apparent_sex.unsure_cost`).
+        ``child``: the stranger's P(child); a child draws among child donors, anyone else among
+        the others (:func:`~edge_agent.anonymize.apparent_age.clash`), unless that leaves fewer
+        than ``k``; a child's donor is not held to a sure sex (the children are labelled unsure)."""
         # each tone component counts up to TONE_CAP: under a coloured stage light no donor's skin
         # is near the stranger's, and uncapped the colour outweighed the pose (a child turned to one
         # side was drawn onto a frontal face under green light, torn apart by the warp)
         d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + np.nansum(np.minimum(((self.tone - tone[:3]) / TONE_SCALE) ** 2, TONE_CAP), 1)
-        d = d + unsure_cost(male, self.male)
+        is_child = np.isfinite(child) and child >= apparent_age.CHILD
+        d = d + (0.0 if is_child else unsure_cost(male, self.male))
         if big and self._with_big.any():
             d = np.where(self._with_big, d, np.inf)
-        other = clash(male, self.male)
-        if np.isfinite(np.where(other, np.inf, d)).sum() >= k:
-            d = np.where(other, np.inf, d)
+        for other in (apparent_age.clash(child, self.child), clash(male, self.male)):
+            if np.isfinite(np.where(other, np.inf, d)).sum() >= k:
+                d = np.where(other, np.inf, d)
         order = np.argsort(d, kind="stable")
         picked = list(islice((i for i in order if np.isfinite(d[i]) and self.clear(i)), k))
         return np.array(picked if len(picked) == min(k, len(order)) else order[:k])
@@ -796,6 +808,8 @@ class DonorAnonymizer(TrackedAnonymizer):
         (already anonymized) composite.
     match_sex: a new track draws among donors of the stranger's apparent sex when the small
         classifier (:mod:`~edge_agent.anonymize.apparent_sex`) leans to one side.
+    match_age: a new track the child-or-adult classifier (:mod:`~edge_agent.anonymize.apparent_age`)
+        is sure is a child draws among child donors, any other among adults and teenagers.
     veil: every track's hair and ears under ``VEIL_BLUR`` (:attr:`_Track.veiled`); otherwise only
         a track whose render the check found too close. The agent veils every track when it has
         no recogniser to check with (:func:`~edge_agent.anonymize.donor_engine`): the outline is
@@ -820,6 +834,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         refiner=None,
         refine_budget_ms: float | None = 30.0,
         match_sex: bool = True,
+        match_age: bool = True,
         veil: bool = False,
     ) -> None:
         from edge_agent.anonymize.classical import Pixelate
@@ -828,6 +843,7 @@ class DonorAnonymizer(TrackedAnonymizer):
             raise ValueError("the donor refiner needs the embedder: each refined face is checked against the person")
         self.bank = DonorBank(bank_path)
         self.apparent_sex = ApparentSex() if match_sex else None
+        self.apparent_age = ApparentAge() if match_age else None
         # Landmarks that do not fit a face, and a head's second detections: the head out of focus
         # (on the clips' identifiable turned heads the recogniser's worst cosine to the original,
         # over jittered points, was 0.285 for it, 0.270 for the flat classical blur, 0.284 for the
@@ -990,13 +1006,15 @@ class DonorAnonymizer(TrackedAnonymizer):
         """Is the frame's time for drawing donors (``budget_ms``) spent? The frame's first draw always goes."""
         return self.budget_ms is not None and self._frame_renders > 0 and self._spent_ms() > self.budget_ms
 
-    def _apparent_sex(self, frame: np.ndarray, face: Face) -> tuple[np.ndarray, float]:
-        """(the aligned crop the donor is chosen by, its apparent-sex score; NaN with ``match_sex`` off)."""
+    def _apparent(self, frame: np.ndarray, face: Face) -> tuple[np.ndarray, float, float]:
+        """(the aligned crop the donor is chosen by, its P(male) and P(child); NaN with
+        ``match_sex`` or ``match_age`` off)."""
         crop, _, _ = aligned_crop(self.original(frame), face, min(crop_size(face), BANK_SIDE))
-        return crop, self.apparent_sex.score(crop) if self.apparent_sex is not None else np.nan
+        male = self.apparent_sex.score(crop) if self.apparent_sex is not None else np.nan
+        return crop, male, self.apparent_age.score(crop) if self.apparent_age is not None else np.nan
 
     def _redraw(self, frame: np.ndarray, face: Face, seed: int, tried: tuple[int, ...], scored=None) -> _Track:
-        """The seed's track drawn (:meth:`_draw`) and kept; ``scored``: :meth:`_apparent_sex` of
+        """The seed's track drawn (:meth:`_draw`) and kept; ``scored``: :meth:`_apparent` of
         this face, when the caller has it."""
         track = self._draw(frame, face, seed, tried, scored)
         track.scored_width = float(face.width)
@@ -1005,20 +1023,21 @@ class DonorAnonymizer(TrackedAnonymizer):
 
     def _draw(self, frame: np.ndarray, face: Face, seed: int, tried: tuple[int, ...], scored=None) -> _Track:
         """A track's donor: the seed's order over the ``NEAREST`` donors closest in pose, skin tone
-        (and apparent sex), the first of the next ``TRIES`` not in ``tried`` whose render passes
-        the recogniser check; none passing, an unsafe track (the fallback) that remembers them and
+        (and apparent sex and age), the first of the next ``TRIES`` (``CHILD_TRIES`` for a child)
+        not in ``tried`` whose render passes the recogniser check; none passing, an unsafe track (the fallback) that remembers them and
         tries its next candidates ``RETRY_FRAMES`` later (:meth:`_retry`)."""
-        crop, male = self._apparent_sex(frame, face) if scored is None else scored
+        crop, male, child = self._apparent(frame, face) if scored is None else scored
         yaw, pitch = pose(face.landmarks)
         # every face may come close (a person walking up to a camera is first seen small): its
         # donor is one with a close-up crop
-        near = self.bank.nearest(yaw, pitch, skin_tone(crop), big=True, male=male)
+        near = self.bank.nearest(yaw, pitch, skin_tone(crop), big=True, male=male, child=child)
         rng = np.random.default_rng(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
         order = [int(near[j]) for j in rng.permutation(len(near)) if int(near[j]) not in tried]
         if self.check is None or not order:
             return _Track(donor=order[0] if order else int(near[0]), safe=self.check is None, tried=tried, veiled=self.veil)
         person = self.check.person(self.original(frame), face)
-        trials = [_Track(donor=donor, veiled=self.veil) for donor in order[:TRIES]]
+        tries = CHILD_TRIES if np.isfinite(child) and child >= apparent_age.CHILD else TRIES
+        trials = [_Track(donor=donor, veiled=self.veil) for donor in order[:tries]]
         if not self.veil:  # then the first of them with its outline veiled
             trials.append(_Track(donor=order[0], veiled=True))
         for trial in trials:
@@ -1051,14 +1070,15 @@ class DonorAnonymizer(TrackedAnonymizer):
         the face still comes closer). A donor is drawn once, at the face's first sure detection,
         often small and soft: in `make run` the demo clip's performer, whose track begins in a
         wide shot at about 50 px, wore a woman's face through his song (the net is sure of him
-        from 80 px on)."""
-        if (self.apparent_sex is None or not track.safe or face.width < track.scored_width * RESEX_GROWTH
-                or self._new_track_budget_spent()):
+        from 80 px on). Likewise a child's track with an adult's donor, or the reverse."""
+        if ((self.apparent_sex is None and self.apparent_age is None) or not track.safe
+                or face.width < track.scored_width * RESEX_GROWTH or self._new_track_budget_spent()):
             return track
         track.scored_width = float(face.width)
-        scored = self._apparent_sex(frame, face)
-        male = scored[1]
-        if abs(male - 0.5) < SURE or not unsure_cost(male, self.bank.male[[track.donor]])[0]:
+        scored = self._apparent(frame, face)
+        _, male, child = scored
+        other_sex = abs(male - 0.5) >= SURE and unsure_cost(male, self.bank.male[[track.donor]])[0] > 0
+        if not other_sex and not apparent_age.clash(child, self.bank.child[[track.donor]])[0]:
             return track
         self.stats["redrawn"] += 1
         return self._redraw(frame, face, seed, (), scored)

@@ -27,6 +27,7 @@ def main(argv=None) -> None:
     a.add_argument("--first", type=int, default=0, help="the first face's generator index")
     a.add_argument("--turn", type=Path, default=None, help="turn the heads along this style direction (pose_direction)")
     a.add_argument("--shift", type=float, nargs=2, default=(2.0, 5.0), metavar=("LO", "HI"), help="how far along --turn (its units: see pose_direction)")
+    a.add_argument("--to", action="store_true", help="--shift is where along --turn each face ends, not how far it moves (age_direction prints the children's)")
 
     a = sub.add_parser("donor-bank", help="pack the donor bank asset from synthetic faces (held-out faces excluded)")
     a.add_argument("--synth", type=Path, nargs="+", default=[Path("data/anonymizer/synth"), Path("data/anonymizer/synth_turned")],
@@ -34,6 +35,8 @@ def main(argv=None) -> None:
     a.add_argument("--out", type=Path, default=Path("edge_agent/assets/donor_bank.npz"))
     a.add_argument("--limit", type=int, default=0, help="at most this many donors (0 = all)")
     a.add_argument("--big", type=int, default=None, help="donors also packed at 256 px for close-ups (default: donor_bank.BIG)")
+    a.add_argument("--young", type=Path, nargs="*", default=[Path("data/anonymizer/synth_children")],
+                   help="synth runs moved along the child direction: donor_bank.YOUNG_BIG of their children packed as close-up donors")
     a.add_argument("--grid", type=Path, default=Path("reports/anonymizer/donor_bank_grid.png"), help="contact sheet of the first donors")
     a.add_argument("--review", type=Path, default=Path("reports/anonymizer/donor_review_eyes.png"),
                    help="contact sheet of the close-up donors with the darkest eyes (check donor_occluders.csv against it)")
@@ -177,6 +180,21 @@ def main(argv=None) -> None:
     a.add_argument("--out", type=Path, default=Path("edge_agent/assets/apparent_sex.onnx"))
     a.add_argument("--evaluate", action="store_true", help="only score the model at --out on the held-out sets (no training)")
 
+    a = sub.add_parser("age-classifier", help="train the child-or-adult classifier that steers the donor choice (synthetic children + LFW adults)")
+    a.add_argument("--data", type=Path, default=Path("data/anonymizer"), help="where `prepare` wrote lfw.npz and colour.npz")
+    a.add_argument("--synth", type=Path, nargs="+",
+                   default=[Path("data/anonymizer/synth"), Path("data/anonymizer/synth_turned"), Path("data/anonymizer/synth_children")],
+                   help="the synth runs the hand labels (weights/donor_age_labels.csv) name")
+    a.add_argument("--young", type=Path, nargs="+", default=[Path("data/anonymizer/synth_young")],
+                   help="the synth runs moved along the child direction")
+    a.add_argument("--along", type=Path, default=Path("data/anonymizer/child_along.npz"), help="age_direction's placing of the --synth runs' faces")
+    a.add_argument("--lfw", type=int, default=None, help="LFW training photos drawn as adults (default: age_classifier.LFW_ADULTS)")
+    a.add_argument("--shared", type=Path, default=None, help="also score real photos judged by looking (age_classifier.CHILD_PHOTOS, ADULT_PHOTOS)")
+    a.add_argument("--epochs", type=int, default=12)
+    a.add_argument("--batch", type=int, default=128)
+    a.add_argument("--out", type=Path, default=Path("edge_agent/assets/apparent_child.onnx"))
+    a.add_argument("--evaluate", action="store_true", help="only score the model at --out on the held-out sets (no training)")
+
     a = sub.add_parser("smear-check", help="the donor's motion-smear matching on sharp close-ups (false smears) and on smeared faces (found)")
     a.add_argument("--shared", type=Path, required=True)
     a.add_argument("--share", type=float, default=None, help="the block test's share (default: the deployed SMEAR_SHARE; 0: no block test)")
@@ -207,11 +225,11 @@ def main(argv=None) -> None:
         from model_export.anonymizer.synth import synth
 
         synth(args.n, args.seed, args.out, args.psi, args.gen_python, first=args.first,
-              turn=(args.turn, *args.shift) if args.turn else None)
+              turn=(args.turn, *args.shift) if args.turn else None, to=args.to)
     elif args.cmd == "donor-bank":
         from model_export.anonymizer.donor_bank import BIG, grid, pack, review
 
-        pack(args.synth, args.out, args.limit, BIG if args.big is None else args.big)
+        pack(args.synth, args.out, args.limit, BIG if args.big is None else args.big, args.young)
         grid(args.out, args.grid)
         review(args.out, args.review)
     elif args.cmd == "train-teacher":
@@ -279,6 +297,10 @@ def main(argv=None) -> None:
         from model_export.anonymizer.crowd_reid import crowd_reid
 
         crowd_reid(args)
+    elif args.cmd == "age-classifier":
+        from model_export.anonymizer.age_classifier import train_age_classifier
+
+        train_age_classifier(args)
     elif args.cmd == "sex-classifier":
         from model_export.anonymizer.sex_classifier import train_sex_classifier
 

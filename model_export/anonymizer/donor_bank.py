@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from edge_agent.anonymize.apparent_age import DONOR_CHILD
 from edge_agent.anonymize.diffusion import aligned_crop
 from edge_agent.anonymize.donor import BIG_SIDE, POSE_SCALE, TONE_SCALE, clear_forehead
 from edge_agent.faces import Face
@@ -28,7 +29,8 @@ from model_export.anonymizer.synth import load
 MIN_SCORE = 0.8
 MAX_YAW = 0.9  # past it the generator's turned faces come out doubled or smeared (seen in the turned run)
 JPEG_QUALITY = 85
-BIG = 480  # donors that also get a 256 px crop (~13 kB each): the pool every track picks from
+BIG = 480  # donors that also get a 256 px crop (~13 kB each): the pool every track picks from...
+YOUNG_BIG = 160  # ...and of the young runs' children (faces moved along the child direction), as many more
 COVERING = 0.25  # ...a quarter of them spread to cover every pose and skin tone, the rest drawn at random
 
 
@@ -93,6 +95,23 @@ def apparent_sex(data: dict, rows: np.ndarray, metas: list[str]) -> np.ndarray:
     value = {"male": 1.0, "female": 0.0, "unsure": 0.5}
     out = []
     for i in tqdm(rows, desc="donor bank: apparent sex", unit="face"):
+        lab = labels.get(_run_key(data, i, metas))
+        out.append(value[lab] if lab is not None else net.score(data["crop128"][i]))
+    return np.array(out, np.float32)
+
+
+def apparent_child(data: dict, rows: np.ndarray, metas: list[str]) -> np.ndarray:
+    """P(child) per donor: 1 or 0 where ``weights/donor_age_labels.csv`` says child or adult
+    (the 480 close-up donors, hand-labelled by looking), 0.5 where it says unsure (teenagers: no
+    child donor, and drawn for adults), else the age classifier's score of the donor's crop."""
+    from edge_agent.anonymize.apparent_age import ApparentAge
+    from model_export.anonymizer.age_classifier import hand_labels
+
+    labels = hand_labels()
+    net = ApparentAge()
+    value = {"child": 1.0, "adult": 0.0, "unsure": 0.5}
+    out = []
+    for i in tqdm(rows, desc="donor bank: apparent age", unit="face"):
         lab = labels.get(_run_key(data, i, metas))
         out.append(value[lab] if lab is not None else net.score(data["crop128"][i]))
     return np.array(out, np.float32)
@@ -164,9 +183,12 @@ def review(bank: Path, out: Path, n: int = 96, cols: int = 12, side: int = 96) -
     cv2.imwrite(str(out), sheet)
 
 
-def pack(synth_dirs: list[Path], out: Path, limit: int = 0, big: int = BIG) -> str:
+def pack(synth_dirs: list[Path], out: Path, limit: int = 0, big: int = BIG, young_dirs: list[Path] = (), young_big: int = YOUNG_BIG) -> str:
     """Write the bank from one or more ``synth`` runs (e.g. the plain faces and the turned ones),
-    ``big`` of its donors also at 256 px; returns its sha256."""
+    ``big`` of its donors also at 256 px, and ``young_big`` more at 256 px from ``young_dirs``
+    (runs moved along the child direction; chosen among themselves, so the other runs' close-up
+    donors, which the hand-made lists name, stay the same); returns its sha256."""
+    synth_dirs = list(synth_dirs) + list(young_dirs)
     runs = [load(d, heldout=False) for d in synth_dirs]
     for k, r in enumerate(runs):
         r["run"] = np.full(len(r["index"]), k)
@@ -176,17 +198,21 @@ def pack(synth_dirs: list[Path], out: Path, limit: int = 0, big: int = BIG) -> s
     keep = np.nonzero((data["score"] >= MIN_SCORE) & (np.abs(data["yaw"]) <= MAX_YAW))[0]
     if limit:
         keep = keep[:limit]
-    blobs, offsets = [], [0]
-    for i in tqdm(keep, desc="donor bank: encode", unit="face"):
-        blobs.append(_jpeg(data["crop128"][i], data["index"][i]))
-        offsets.append(offsets[-1] + blobs[-1].size)
+    blobs = [_jpeg(data["crop128"][i], data["index"][i]) for i in tqdm(keep, desc="donor bank: encode", unit="face")]
     # the close-ups: among the donors the agent may choose (DonorBank.clear's rule), spread over |yaw| (mirrors give the other side), pitch and skin tone
     usable = np.array([clear_forehead(b) for b in blobs], bool)
     feats = np.concatenate([np.stack([np.abs(data["yaw"][keep]), data["pitch"][keep]], 1) / POSE_SCALE,
                             data["tone"][keep][:, :3] / TONE_SCALE], 1)
-    chosen = np.nonzero(usable)[0][spread(feats[usable], big)]
-    big_blobs, big_lm = big_crops(data, keep[chosen], [Path(d) / "raw" for d in synth_dirs]) if len(chosen) else ([], np.zeros((0, 5, 2), np.float32))
     metas = [(Path(d) / "meta.txt").read_text().strip() for d in synth_dirs]
+    child = apparent_child(data, keep, metas)
+    young = data["run"][keep] >= len(synth_dirs) - len(young_dirs)
+    # of the young runs, only their children (some of their faces stay adults), as close-up donors
+    kids = np.nonzero(usable & young & (child >= DONOR_CHILD))[0]
+    rows = np.sort(np.concatenate([np.nonzero(~young)[0], kids[spread(feats[kids], young_big)]]))
+    keep, blobs, usable, feats, child, young = keep[rows], [blobs[r] for r in rows], usable[rows], feats[rows], child[rows], young[rows]
+    offsets = np.cumsum([0] + [b.size for b in blobs])
+    chosen = np.concatenate([np.nonzero(usable & ~young)[0][spread(feats[usable & ~young], big)], np.nonzero(young)[0]])
+    big_blobs, big_lm = big_crops(data, keep[chosen], [Path(d) / "raw" for d in synth_dirs]) if len(chosen) else ([], np.zeros((0, 5, 2), np.float32))
     male = apparent_sex(data, keep, metas)
     meta = "; ".join(metas)
     out = Path(out)
@@ -206,10 +232,12 @@ def pack(synth_dirs: list[Path], out: Path, limit: int = 0, big: int = BIG) -> s
         offsets_big=np.cumsum([0] + [b.size for b in big_blobs]).astype(np.int64),
         landmarks_big=big_lm,
         male=male,
+        child=child,
         occluded=occluded(data, keep, metas),
         source=np.array(f"MobileStyleGAN (random-face 2021.7.21.1) {meta}, crop 128 margin 0.25, {len(chosen)} also at {BIG_SIDE}"),
     )
     tmp.rename(out)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    print(f"donor bank: {len(keep)} faces ({len(chosen)} also at {BIG_SIDE} px), {out.stat().st_size / 1e6:.2f} MB, sha256 {digest}")
+    print(f"donor bank: {len(keep)} faces ({len(chosen)} also at {BIG_SIDE} px; {int((child[chosen] >= DONOR_CHILD).sum())} of those children), "
+          f"{out.stat().st_size / 1e6:.2f} MB, sha256 {digest}")
     return digest

@@ -43,7 +43,7 @@ class StyleGan:
     """Mapping + synthesis networks compiled for the CPU; ``face(i)`` -> RGB uint8 [side, side, 3]."""
 
     def __init__(self, seed: int, psi: float = 0.7, side: int = 512, threads: int = 1,
-                 direction: np.ndarray | None = None, shift: tuple[float, float] = (0.0, 0.0)) -> None:
+                 direction: np.ndarray | None = None, shift: tuple[float, float] = (0.0, 0.0), to: bool = False) -> None:
         import openvino as ov
 
         core = ov.Core()
@@ -52,7 +52,7 @@ class StyleGan:
         self.mapping = core.compile_model(core.read_model(d / "MappingNetwork.xml", d / "MappingNetwork.bin"), "CPU")
         self.synthesis = core.compile_model(core.read_model(d / "SynthesisNetwork.xml", d / "SynthesisNetwork.bin"), "CPU")
         self.seed, self.psi, self.side = int(seed), float(psi), int(side)
-        self.direction, self.shift = direction, shift
+        self.direction, self.shift, self.to = direction, shift, bool(to)
         # The mean style comes from a fixed seed, independent of the run's, so every run truncates
         # toward the same point.
         rng = np.random.default_rng(20210721)
@@ -71,7 +71,10 @@ class StyleGan:
         style = self.style(index)
         if self.direction is not None:
             lo, hi = self.shift
-            style = style + (lo + (hi - lo) * ((index * 0.6180339887498949) % 1.0)) * self.direction[None]
+            step = lo + (hi - lo) * ((index * 0.6180339887498949) % 1.0)
+            if self.to:  # ``shift`` is where along the direction the face ends, not how far it moves
+                step -= float(style[0] @ self.direction) / float(self.direction @ self.direction)
+            style = style + step * self.direction[None]
         img = next(iter(self.synthesis([style.astype(np.float32)]).values()))[0]
         rgb = np.clip((img.transpose(1, 2, 0) + 1.0) * 127.5, 0, 255).astype(np.uint8)
         return cv2.resize(rgb, (self.side, self.side), interpolation=cv2.INTER_AREA)
@@ -88,10 +91,11 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--direction", type=Path, default=None, help="a style-space direction (.npy, [512]) to turn the heads along")
     p.add_argument("--shift", type=float, nargs=2, default=(0.0, 0.0), metavar=("LO", "HI"), help="how far along --direction")
+    p.add_argument("--to", action="store_true", help="--shift is where along --direction each face ends (age_direction prints the children's)")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     direction = np.load(a.direction).astype(np.float32) if a.direction else None
-    gan = StyleGan(a.seed, a.psi, a.side, a.threads, direction, tuple(a.shift))
+    gan = StyleGan(a.seed, a.psi, a.side, a.threads, direction, tuple(a.shift), a.to)
     for i in range(a.first, a.first + a.count):
         path = a.out / f"{i:06d}.jpg"
         if not path.exists():

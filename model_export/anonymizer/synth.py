@@ -49,16 +49,17 @@ def describe(img: np.ndarray, face: Face) -> dict:
 
 
 def run_generator(gen_python: Path, first: int, count: int, seed: int, psi: float, raw: Path, bar: tqdm,
-                  turn: tuple[Path, float, float] | None = None) -> None:
+                  turn: tuple[Path, float, float] | None = None, to: bool = False) -> None:
     """Generate images [first, first + count) in the generator venv; one output line per face.
-    ``turn``: (direction file, lowest and highest shift) to turn the heads along."""
+    ``turn``: (direction file, lowest and highest shift) to turn the heads along; ``to``: the
+    shifts are where along it each face ends."""
     if not Path(gen_python).exists():
         raise SystemExit(f"edge-agent: error: generator venv not found at {gen_python} (run `make gen-venv`)")
     root = Path(__file__).resolve().parents[2]
     cmd = [str(gen_python), "-m", "model_export.anonymizer.stylegan", "--first", str(first), "--count", str(count),
            "--seed", str(seed), "--psi", str(psi), "--out", str(raw)]
     if turn is not None:
-        cmd += ["--direction", str(Path(turn[0]).resolve()), "--shift", str(turn[1]), str(turn[2])]
+        cmd += ["--direction", str(Path(turn[0]).resolve()), "--shift", str(turn[1]), str(turn[2])] + (["--to"] if to else [])
     env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=root) as proc:
         for _ in proc.stdout:
@@ -87,7 +88,7 @@ def process_chunk(raw: Path, indices: range, det: YuNet) -> dict:
 
 
 def synth(n: int, seed: int, out: Path, psi: float = 0.7, gen_python: Path = Path(".venv-gen/bin/python"),
-          yunet: Path | None = None, first: int = 0, turn: tuple[Path, float, float] | None = None) -> None:
+          yunet: Path | None = None, first: int = 0, turn: tuple[Path, float, float] | None = None, to: bool = False) -> None:
     """Faces ``first`` .. ``first + n - 1`` of seed ``seed`` under ``out`` (see the module docstring);
     ``turn``: their heads turned (:func:`run_generator`)."""
     out = Path(out)
@@ -97,7 +98,7 @@ def synth(n: int, seed: int, out: Path, psi: float = 0.7, gen_python: Path = Pat
     stamp = f"seed={seed} psi={psi}" + (f" first={first}" if first else "")
     if turn is not None:
         digest = hashlib.sha256(Path(turn[0]).read_bytes()).hexdigest()[:16]
-        stamp += f" turned along {Path(turn[0]).name} (sha256 {digest}) by {turn[1]:g}-{turn[2]:g}"
+        stamp += f" turned along {Path(turn[0]).name} (sha256 {digest}) {'to' if to else 'by'} {turn[1]:g}-{turn[2]:g}"
     stamp += "\n"
     if meta.exists() and meta.read_text() != stamp:
         raise SystemExit(f"edge-agent: error: {out} holds faces of another run ({meta.read_text().strip()}); use another --out")
@@ -113,7 +114,7 @@ def synth(n: int, seed: int, out: Path, psi: float = 0.7, gen_python: Path = Pat
                 kept += len(z["index"]) if "index" in z else 0
             bar.update(len(idx))
             continue
-        run_generator(gen_python, idx.start, len(idx), seed, psi, raw, bar, turn)
+        run_generator(gen_python, idx.start, len(idx), seed, psi, raw, bar, turn, to)
         data = process_chunk(raw, idx, det)
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, **data)
