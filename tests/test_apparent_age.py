@@ -47,6 +47,26 @@ def test_a_child_clashes_with_every_adult_donor_and_anyone_else_with_every_child
     assert not clash(float("nan"), donors).any()  # not scored (match_age off)
 
 
+def test_the_bank_offers_a_child_children_and_anyone_else_no_child_in_every_pose_and_tone():
+    """Over poses and skin tones from frontal to near-profile, dark to light: a child is offered
+    12 child donors, anyone else (sure adult, unsure, not scored) none; not scored, children may
+    come up (the rule is what keeps them out: the test can fail)."""
+    from edge_agent.anonymize.donor import DonorBank
+
+    bank = DonorBank()
+    rng = np.random.default_rng(0)
+    unscored = 0
+    for _ in range(40):
+        yaw, pitch = rng.uniform(-0.5, 0.5), rng.uniform(0.45, 0.7)
+        tone = np.float32([rng.uniform(35, 88), rng.uniform(5, 30), rng.uniform(2, 28)])
+        kids = bank.child[bank.nearest(yaw, pitch, tone, big=True, child=0.95)]
+        assert len(kids) == 12 and kids.min() >= DONOR_CHILD
+        for p in (0.0, 0.5):
+            assert bank.child[bank.nearest(yaw, pitch, tone, big=True, child=p)].max() < DONOR_CHILD
+        unscored += int((bank.child[bank.nearest(yaw, pitch, tone, big=True)] >= DONOR_CHILD).any())
+    assert unscored >= 10
+
+
 def test_adults_are_not_read_as_children_in_bright_or_dark_light(shared_dir, detector):
     """No adult face of these photos scores as a child, also dark and noisy (an adult with a
     toddler's face is the failure this rule must not add)."""

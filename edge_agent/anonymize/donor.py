@@ -52,7 +52,6 @@ import numpy as np
 
 from edge_agent.align import similarity_transform, template
 from edge_agent.anonymize import apparent_age
-from edge_agent.anonymize.apparent_age import ApparentAge
 from edge_agent.anonymize.apparent_sex import SURE, ApparentSex, clash, unsure_cost
 from edge_agent.anonymize.base import Anonymizer, TrackedAnonymizer, face_ellipse, face_region
 from edge_agent.anonymize.descriptors import appearance, eyes_and_span, lab_pixels, pose, skin_mask, tone_mask
@@ -72,7 +71,7 @@ NEAREST = 12  # donors close in pose and tone among which the track's seed picks
 TRIES = 3  # candidates a track renders and checks at once (each a render and an embedding)...
 CHILD_TRIES = 6  # ...a child's track (children's faces stand closer together for the recogniser: more fail the check)...
 RETRY_FRAMES = 15  # ...and, all too close to the person, the next ones this many frames later (up to NEAREST in all)
-RESEX_GROWTH = 1.3  # a track's face this many times as wide as when its donor was drawn is scored for apparent sex again
+RESEX_GROWTH = 1.3  # a track's face this many times as wide as when its donor was drawn is scored for apparent sex and age again
 POSE_SCALE = np.array([0.08, 0.06], np.float32)  # yaw, pitch units: a "close" pose
 TONE_SCALE = np.array([14.0, 4.0, 4.0], np.float32)  # L*, a*, b* units: a "close" skin tone
 GREY_WEIGHTS = np.array([0.114, 0.587, 0.299], np.float32)  # B, G, R: OpenCV's grey level
@@ -843,7 +842,7 @@ class DonorAnonymizer(TrackedAnonymizer):
             raise ValueError("the donor refiner needs the embedder: each refined face is checked against the person")
         self.bank = DonorBank(bank_path)
         self.apparent_sex = ApparentSex() if match_sex else None
-        self.apparent_age = ApparentAge() if match_age else None
+        self.apparent_age = apparent_age.ApparentAge() if match_age else None
         # Landmarks that do not fit a face, and a head's second detections: the head out of focus
         # (on the clips' identifiable turned heads the recogniser's worst cosine to the original,
         # over jittered points, was 0.285 for it, 0.270 for the flat classical blur, 0.284 for the
@@ -936,7 +935,7 @@ class DonorAnonymizer(TrackedAnonymizer):
             track = self._new_track(frame, face, seed)
         else:
             self._tracks.move_to_end(seed)
-            track = self._redraw_by_sex(frame, face, seed, self._retry(frame, face, seed, track))
+            track = self._redraw_when_read(frame, face, seed, self._retry(frame, face, seed, track))
         if not track.safe or self._held(track, face):
             self.small_faces.anonymize(frame, face, seed)
             return
@@ -1064,7 +1063,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         self.stats["retried"] += 1
         return self._redraw(frame, face, seed, track.tried)
 
-    def _redraw_by_sex(self, frame: np.ndarray, face: Face, seed: int, track: _Track) -> _Track:
+    def _redraw_when_read(self, frame: np.ndarray, face: Face, seed: int, track: _Track) -> _Track:
         """A track whose face has grown ``RESEX_GROWTH`` times since its donor was drawn is scored
         again; now sure of a sex its donor is not sure of, it draws again (one look change, while
         the face still comes closer). A donor is drawn once, at the face's first sure detection,

@@ -171,6 +171,7 @@ def main(argv=None) -> None:
     a.add_argument("--shared", type=Path, required=True)
     a.add_argument("--config", type=Path, default=Path("device_configs/x86-cpu.yaml"), help="the agent's config (its anonymizer first, then the classical modes)")
     a.add_argument("--max-similarity", type=float, default=None, help="override the generative modes' recogniser bound")
+    a.add_argument("--seed", type=int, default=None, help="fixed track seeds (a paired comparison of two revisions); default: random, as the agent")
 
     a = sub.add_parser("sex-classifier", help="train the apparent-sex classifier that steers the donor choice (LFW by first name + hand-labelled donors)")
     a.add_argument("--data", type=Path, default=Path("data/anonymizer"), help="where `prepare` wrote lfw.npz and colour.npz")

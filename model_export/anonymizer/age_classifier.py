@@ -1,24 +1,26 @@
 """`age-classifier`: train the child-or-adult classifier that steers the donor choice.
 
-    python -m model_export.anonymizer age-classifier --shared $SHARED
+    python -m model_export.anonymizer --threads 2 age-classifier --shared $SHARED
 
 Why: donors were chosen by pose, skin tone and apparent sex only, and children got adults' faces
 (an old woman's on a girl of about ten, ``crowds/9.jpg``, 2026-12-06). No age model installs
 from PyPI and no labelled photos of children could be had offline, so the children are synthetic:
-the generator's faces moved along its child direction (``age_direction``; the ``synth_young``
-run, labelled child by construction), plus the close-up donors hand-labelled in
-``weights/donor_age_labels.csv`` (three times: older children than the young run's many
-toddlers). Adults: LFW's training people (grey press photos), the donors hand-labelled adult,
-and the unlabelled synthetic faces that lie further from the children along the child direction
-than the median labelled adult (``age_direction``'s ``child_along.npz``): with LFW alone, the
-net learnt press photo against synthetic face as much as adult against child. Same small CNN, input and camera-like augmentation as the
-apparent-sex net (:mod:`model_export.anonymizer.sex_classifier`).
+faces moved along the generator's child direction (``age_direction``): far along it (the
+``synth_young`` run, mostly toddlers, labelled child by construction) and to where the labelled
+children lie (``synth_children``, school age, hand-labelled by looking), with the close-up donors
+hand-labelled in ``weights/donor_age_labels.csv`` (each hand-labelled child three times).
+Adults: LFW's training people (grey press photos), the faces hand-labelled adult, and the
+unlabelled synthetic faces that lie further from the children along the child direction than
+the median labelled adult (``age_direction``'s ``child_along.npz``): with LFW as the only adults,
+the net learnt press photo against synthetic face as much as adult against child. The net, its
+input and its camera-like augmentation are the apparent-sex net's (:func:`train_and_export`).
 
-Held out: LFW's held-out people and the colour photos (adults), the young run's every 8th face,
-and real photos judged by looking (:data:`CHILD_PHOTOS`: every face a child; :data:`ADULT_PHOTOS`:
-every face an adult), detected and aligned as the agent does. ``--evaluate``: only score the
-model at ``--out``, and with ``--shared`` also count how many tracks of the children it takes for
-children get a donor past the recogniser check (:func:`donors_drawn`). Exports ``edge_agent/assets/apparent_child.onnx`` (input ``crop``
+Held out: LFW's held-out people and the colour photos (adults), the synthetic runs' every 8th
+face, and real photos judged by looking (:data:`CHILD_PHOTOS`: every face a child;
+:data:`ADULT_PHOTOS`: every face an adult), detected and aligned as the agent does.
+``--evaluate``: only score the model at ``--out``, and with ``--shared`` also count how many
+tracks of the children it takes for children get a donor past the recogniser check
+(:func:`donors_drawn`). Exports ``edge_agent/assets/apparent_child.onnx`` (input ``crop``
 [N,1,64,64] as the apparent-sex net's; output ``child`` [N]: P(child)).
 """
 
@@ -29,14 +31,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
-from tqdm import tqdm
 
 from edge_agent.anonymize.apparent_age import CHILD
-from edge_agent.anonymize.apparent_sex import SIDE, standardise
+from edge_agent.anonymize.apparent_sex import SIDE
 from model_export.anonymizer.data import yunet_path
-from model_export.anonymizer.sex_classifier import Exported, SexNet, augment
+from model_export.anonymizer.sex_classifier import train_and_export
 
 LABELS = Path(__file__).resolve().parent / "weights" / "donor_age_labels.csv"
 LFW_ADULTS = 3000  # LFW training photos drawn as adults (one a person first): as many as the synthetic faces
@@ -44,14 +43,12 @@ CHILD_PHOTOS = ("faces/crowds/9.jpg", "faces/crowds/3.jpg")  # ../shared photos 
 ADULT_PHOTOS = tuple(f"faces/crowds/{k}.jpg" for k in (2, 10, 12, 13, 20, 23)) + ("faces/deepface/couple.jpg",)  # ...an adult
 MIN_PX = 40  # faces this wide and wider are scored on those photos
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9)  # the shares scored child at these are printed (the agent's CHILD is chosen from them)
+HAND_CHILD_COPIES = 3  # a hand-labelled child is trained on this many times (school age: the young run is mostly toddlers)
 
 
 def hand_labels() -> dict[tuple[int, str], str]:
     """(generator index, synth run's meta.txt line) -> child / adult / unsure."""
     return {(int(r["generator_index"]), r["synth_run"]): r["apparent_age"] for r in csv.DictReader(open(LABELS))}
-
-
-HAND_CHILD_COPIES = 3
 
 
 def synth_set(labelled: list[Path], young: list[Path], along: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -155,7 +152,6 @@ def evaluate(model: Path, sets: dict[str, tuple[np.ndarray, int]]) -> None:
 
 
 def train_age_classifier(args) -> None:
-    torch.manual_seed(0)
     rng = np.random.default_rng(0)
     lx, lheld = lfw_adults(args.data, rng, LFW_ADULTS if args.lfw is None else args.lfw)
     sx, sy, sheld = synth_set(args.synth, args.young, args.along)
@@ -175,30 +171,5 @@ def train_age_classifier(args) -> None:
         return
     x = np.concatenate([lx, sx[~sheld]])
     y = np.concatenate([np.zeros(len(lx), np.float32), sy[~sheld]])
-    w = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean())).astype(np.float32)
     print(f"age-classifier: {len(lx)} LFW adults, {int((~sheld).sum())} synthetic faces ({int(sy[~sheld].sum())} children)")
-    net = SexNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-3)
-    steps = args.epochs * (len(x) // args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    bar = tqdm(total=steps, desc="age-classifier: train", unit="step")
-    for _ in range(args.epochs):
-        net.train()
-        for b in np.array_split(rng.permutation(len(x)), len(x) // args.batch):
-            xb = torch.from_numpy(standardise(augment(x[b], rng)))[:, None]
-            loss = (nn.functional.binary_cross_entropy_with_logits(net(xb), torch.from_numpy(y[b]), reduction="none")
-                    * torch.from_numpy(w[b])).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    net.eval()
-    torch.onnx.export(Exported(net), torch.zeros(1, 1, SIDE, SIDE), str(out), input_names=["crop"], output_names=["child"],
-                      dynamic_axes={"crop": {0: "n"}, "child": {0: "n"}}, opset_version=17, dynamo=False)
-    print(f"age-classifier: wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
-    evaluate(out, sets)
+    evaluate(train_and_export(x, y, args.epochs, args.batch, rng, Path(args.out), "child", "age-classifier"), sets)

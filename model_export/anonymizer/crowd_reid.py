@@ -10,11 +10,14 @@ embedded by the project's recogniser (FP32) in the original and in the output at
 landmarks, and by dlib's (fitted on the original; when requirements/eval.txt is installed): rank-1 is the share of anonymized faces whose closest original is their own, among
 all the frame's identifying faces (chance: one over their number). LFW's re-ID asks the same over
 1,000 strangers in separate photos; here the gallery is the crowd the face stood in, with its
-hair, outline and clothes around it.
+hair, outline and clothes around it. Track seeds, hence the donors drawn, are random as in the
+agent; ``--seed`` fixes them, so that two revisions run with the same seeds differ only by what
+changed (the run-to-run spread of random seeds is larger than most changes).
 """
 
 from __future__ import annotations
 
+import random
 import tempfile
 from pathlib import Path
 
@@ -103,6 +106,8 @@ def crowd_reid(args) -> None:
             cfg.anonymizer.mode = mode  # the loaded models' config: its next pipeline takes this mode
             guard = models.pipeline(CameraStats("crowd-reid"), still=True)
             guard.timeout_s = 600.0
+            if args.seed is not None:  # the same track seeds, hence donors, for every revision compared
+                guard.pipeline.tracker._rng = random.Random(args.seed)
             try:
                 out, redacted = guard.filter_array(frame.copy())
                 engine = guard.pipeline.anonymizer

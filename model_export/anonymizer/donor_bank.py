@@ -82,39 +82,34 @@ def _run_key(data: dict, i: int, metas: list[str]) -> tuple[int, str]:
     return int(data["index"][i]), metas[data["run"][i]]
 
 
-def apparent_sex(data: dict, rows: np.ndarray, metas: list[str]) -> np.ndarray:
-    """P(male) per donor: 1 or 0 where ``weights/donor_sex_labels.csv`` says (hand-labelled by
-    looking; a label holds for its generator index in the synth run it names, ``metas[run]``),
-    0.5 where it says unsure (children, faces I could not tell: they clash with nobody), else the
-    apparent-sex classifier's score of the donor's crop."""
-    from edge_agent.anonymize.apparent_sex import ApparentSex
-    from model_export.anonymizer.sex_classifier import hand_labels
-
-    labels = hand_labels()
-    net = ApparentSex()
-    value = {"male": 1.0, "female": 0.0, "unsure": 0.5}
+def _labelled_or_scored(data: dict, rows: np.ndarray, metas: list[str], labels: dict, value: dict, net, what: str) -> np.ndarray:
+    """Per donor: ``value`` of its hand label (a label holds for its generator index in the synth
+    run it names, ``metas[run]``), else ``net``'s score of its crop."""
     out = []
-    for i in tqdm(rows, desc="donor bank: apparent sex", unit="face"):
+    for i in tqdm(rows, desc=f"donor bank: {what}", unit="face"):
         lab = labels.get(_run_key(data, i, metas))
         out.append(value[lab] if lab is not None else net.score(data["crop128"][i]))
     return np.array(out, np.float32)
+
+
+def apparent_sex(data: dict, rows: np.ndarray, metas: list[str]) -> np.ndarray:
+    """P(male) per donor: 1 or 0 where ``weights/donor_sex_labels.csv`` says (hand-labelled by
+    looking), 0.5 where it says unsure (children, faces I could not tell: they clash with nobody),
+    else the apparent-sex classifier's score of the donor's crop."""
+    from edge_agent.anonymize.apparent_sex import ApparentSex
+    from model_export.anonymizer.sex_classifier import hand_labels
+
+    return _labelled_or_scored(data, rows, metas, hand_labels(), {"male": 1.0, "female": 0.0, "unsure": 0.5}, ApparentSex(), "apparent sex")
 
 
 def apparent_child(data: dict, rows: np.ndarray, metas: list[str]) -> np.ndarray:
     """P(child) per donor: 1 or 0 where ``weights/donor_age_labels.csv`` says child or adult
-    (the 480 close-up donors, hand-labelled by looking), 0.5 where it says unsure (teenagers: no
-    child donor, and drawn for adults), else the age classifier's score of the donor's crop."""
+    (hand-labelled by looking), 0.5 where it says unsure (teenagers: no child donor, and drawn for
+    adults), else the age classifier's score of the donor's crop."""
     from edge_agent.anonymize.apparent_age import ApparentAge
     from model_export.anonymizer.age_classifier import hand_labels
 
-    labels = hand_labels()
-    net = ApparentAge()
-    value = {"child": 1.0, "adult": 0.0, "unsure": 0.5}
-    out = []
-    for i in tqdm(rows, desc="donor bank: apparent age", unit="face"):
-        lab = labels.get(_run_key(data, i, metas))
-        out.append(value[lab] if lab is not None else net.score(data["crop128"][i]))
-    return np.array(out, np.float32)
+    return _labelled_or_scored(data, rows, metas, hand_labels(), {"child": 1.0, "adult": 0.0, "unsure": 0.5}, ApparentAge(), "apparent age")
 
 
 OCCLUDERS = Path(__file__).resolve().parent / "weights" / "donor_occluders.csv"

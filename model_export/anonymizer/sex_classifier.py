@@ -157,6 +157,38 @@ def augment(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def train_and_export(x: np.ndarray, y: np.ndarray, epochs: int, batch: int, rng: np.random.Generator, out: Path,
+                     output: str, what: str) -> Path:
+    """A :class:`SexNet` trained on grey crops ``x`` (labels ``y``, classes balanced, augmented
+    toward cameras), exported to ``out`` as the agent runs it (output ``output``: the sigmoid)."""
+    w = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean())).astype(np.float32)
+    torch.manual_seed(0)
+    net = SexNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-3)
+    steps = epochs * (len(x) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    bar = tqdm(total=steps, desc=f"{what}: train", unit="step")
+    for _ in range(epochs):
+        net.train()
+        for b in np.array_split(rng.permutation(len(x)), len(x) // batch):
+            xb = torch.from_numpy(standardise(augment(x[b], rng)))[:, None]
+            loss = (nn.functional.binary_cross_entropy_with_logits(net(xb), torch.from_numpy(y[b]), reduction="none")
+                    * torch.from_numpy(w[b])).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    net.eval()
+    torch.onnx.export(Exported(net), torch.zeros(1, 1, SIDE, SIDE), str(out), input_names=["crop"], output_names=[output],
+                      dynamic_axes={"crop": {0: "n"}, output: {0: "n"}}, opset_version=17, dynamo=False)
+    print(f"{what}: wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
+    return out
+
+
 BANDS = (0.0, 0.1, 0.15, 0.25, 0.51)  # distance of a score from 0.5: where the agent takes a side (LEANS) is chosen from these
 
 
@@ -189,7 +221,6 @@ def evaluate(model: Path, lfw: tuple, photos: tuple) -> None:
 
 
 def train_sex_classifier(args) -> None:
-    torch.manual_seed(0)
     rng = np.random.default_rng(0)
     lx, ly, lheld = lfw_set(args.data)
     px, py = photo_set(args.data)
@@ -199,31 +230,7 @@ def train_sex_classifier(args) -> None:
     dx, dy = donor_set(args.synth)
     x = np.concatenate([lx[~lheld], dx, dx])  # the donors twice: a colour domain the net must also serve
     y = np.concatenate([ly[~lheld], dy, dy])
-    w = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean())).astype(np.float32)
     print(f"sex-classifier: {int((~lheld).sum())} LFW photos ({ly[~lheld].mean():.0%} men), {len(dx)} donors ({dy.mean():.0%} men); "
           f"held out: {int(lheld.sum())} LFW photos, {len(px)} colour photos")
-    net = SexNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-3)
-    steps = args.epochs * (len(x) // args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    bar = tqdm(total=steps, desc="sex-classifier: train", unit="step")
-    for _ in range(args.epochs):
-        net.train()
-        for b in np.array_split(rng.permutation(len(x)), len(x) // args.batch):
-            xb = torch.from_numpy(standardise(augment(x[b], rng)))[:, None]
-            loss = (nn.functional.binary_cross_entropy_with_logits(net(xb), torch.from_numpy(y[b]), reduction="none")
-                    * torch.from_numpy(w[b])).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    net.eval()
-    torch.onnx.export(Exported(net), torch.zeros(1, 1, SIDE, SIDE), str(out), input_names=["crop"], output_names=["male"],
-                      dynamic_axes={"crop": {0: "n"}, "male": {0: "n"}}, opset_version=17, dynamo=False)
-    print(f"sex-classifier: wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
+    out = train_and_export(x, y, args.epochs, args.batch, rng, Path(args.out), "male", "sex-classifier")
     evaluate(out, (lx[lheld], ly[lheld]), (px, py))
