@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.anonymize.apparent_age import CHILD, DONOR_CHILD, MODEL, ApparentAge, clash
+from edge_agent.anonymize.apparent_age import CHILD, DONOR_CHILD, MODEL, ApparentAge, clash, unsure_cost
+from edge_agent.anonymize.apparent_sex import UNSURE_COST
 from edge_agent.anonymize.diffusion import aligned_crop
 from edge_agent.anonymize.donor import DonorAnonymizer
 
@@ -45,6 +46,13 @@ def test_a_child_clashes_with_every_adult_donor_and_anyone_else_with_every_child
     assert clash(0.5, donors).tolist() == [False, False, True, True, False]  # not sure: an adult's or a teenager's donor
     assert clash(0.0, donors).tolist() == [False, False, True, True, False]
     assert not clash(float("nan"), donors).any()  # not scored (match_age off)
+
+
+def test_a_teenager_costs_a_sure_adult_only():
+    donors = np.array([0.0, 0.5, 0.6, 1.0, np.nan], np.float32)
+    assert unsure_cost(0.01, donors).tolist() == [0.0, UNSURE_COST, UNSURE_COST, 0.0, 0.0]
+    assert not unsure_cost(0.5, donors).any() and not unsure_cost(0.95, donors).any()  # not sure of an adult; a child
+    assert not unsure_cost(float("nan"), donors).any()  # not scored (match_age off)
 
 
 def test_the_bank_offers_a_child_children_and_anyone_else_no_child_in_every_pose_and_tone():

@@ -409,13 +409,14 @@ class DonorBank:
         those of no sure sex count as farther (:func:`~edge_agent.anonymize.apparent_sex.unsure_cost`).
         ``child``: the stranger's P(child); a child draws among child donors, anyone else among
         the others (:func:`~edge_agent.anonymize.apparent_age.clash`), unless that leaves fewer
-        than ``k``; a child's donor is not held to a sure sex (the children are labelled unsure)."""
+        than ``k``; a child's donor is not held to a sure sex (the children are labelled unsure),
+        and for an adult a teenager counts as farther (:func:`~edge_agent.anonymize.apparent_age.unsure_cost`)."""
         # each tone component counts up to TONE_CAP: under a coloured stage light no donor's skin
         # is near the stranger's, and uncapped the colour outweighed the pose (a child turned to one
         # side was drawn onto a frontal face under green light, torn apart by the warp)
         d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + np.nansum(np.minimum(((self.tone - tone[:3]) / TONE_SCALE) ** 2, TONE_CAP), 1)
         is_child = np.isfinite(child) and child >= apparent_age.CHILD
-        d = d + (0.0 if is_child else unsure_cost(male, self.male))
+        d = d + (0.0 if is_child else unsure_cost(male, self.male) + apparent_age.unsure_cost(child, self.child))
         if big and self._with_big.any():
             d = np.where(self._with_big, d, np.inf)
         for other in (apparent_age.clash(child, self.child), clash(male, self.male)):
