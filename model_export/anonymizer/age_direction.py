@@ -11,8 +11,8 @@ child of the same pose and colouring (``synth --turn``), which gives the bank mo
 the apparent-age classifier (``age-classifier``) its training faces.
 
 Runs in the generator's virtualenv (``make gen-venv``). Labels: ``weights/donor_age_labels.csv``
-(``child`` / ``adult``; ``unsure``, the teenagers, left out) of the plain and turned runs' close-up
-donors (the faces already moved along this line, which the file also labels, are left out). A ridge regression of the label on
+(``child`` / ``adult``; ``unsure``, the teenagers, left out) of the ``--synth`` runs (the plain and
+turned faces; the faces already moved along this line, which the file also labels, are left out). A ridge regression of the label on
 each face's style (a turned donor's style moved along ``--yaw`` as ``synth`` moved it); the saved
 direction is one standard deviation of the labelled styles along that line. Its 5-fold held-out
 AUC is printed. Also written beside it (``--along``): how far along the line every face of the
@@ -29,16 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from model_export.anonymizer.pose_direction import RIDGE, fit
+from model_export.anonymizer.stylegan import shift_of
 
 LABELS = Path(__file__).resolve().parent / "weights" / "donor_age_labels.csv"
 TURNED_FIRST = 100000  # the turned synth run's first index (Makefile: synth-turned)...
 TURN_SHIFT = (2.0, 5.0)  # ...and how far it moved each face along the yaw direction
 FOLDS = 5
-
-
-def shift_of(index: int, lo: float, hi: float) -> float:
-    """How far ``StyleGan.face`` moves face ``index`` along its direction."""
-    return lo + (hi - lo) * ((index * 0.6180339887498949) % 1.0)
 
 
 def auc(score: np.ndarray, label: np.ndarray) -> float:
@@ -65,14 +61,16 @@ def main(argv=None) -> None:
     p.add_argument("--psi", type=float, default=0.7, help="their truncation")
     p.add_argument("--yaw", type=Path, default=Path("data/anonymizer/yaw_direction.npy"), help="the direction the turned run moved along")
     p.add_argument("--out", type=Path, default=Path("data/anonymizer/child_direction.npy"))
-    p.add_argument("--synth", type=Path, nargs="*", default=[Path("data/anonymizer/synth"), Path("data/anonymizer/synth_turned")],
-                   help="runs whose faces are placed along the line (their chunks' indices)")
+    p.add_argument("--synth", type=Path, nargs="+", default=[Path("data/anonymizer/synth"), Path("data/anonymizer/synth_turned")],
+                   help="the runs whose labels fit the line and whose faces are placed along it")
     p.add_argument("--along", type=Path, default=Path("data/anonymizer/child_along.npz"))
     a = p.parse_args(argv)
-    # the faces moved along the line itself (the children run's labels) would fit it to itself
-    rows = [r for r in csv.DictReader(a.labels.open()) if r["apparent_age"] in ("child", "adult") and a.out.name not in r["synth_run"]]
+    # labels of the --synth runs only: the faces already moved along the line (the children run)
+    # would fit it to itself
+    runs = {(Path(d) / "meta.txt").read_text().strip() for d in a.synth}
+    rows = [r for r in csv.DictReader(a.labels.open()) if r["apparent_age"] in ("child", "adult") and r["synth_run"] in runs]
     if not rows:
-        raise SystemExit(f"edge-agent: error: no child or adult labels in {a.labels}")
+        raise SystemExit(f"edge-agent: error: no child or adult labels of the runs {sorted(runs)} in {a.labels}")
     yaw = np.load(a.yaw).astype(np.float64)
     gan = StyleGan(a.seed, a.psi)
 

@@ -39,6 +39,11 @@ def ir_dir() -> Path:
     return Path(spec.origin).resolve().parent / "data"
 
 
+def shift_of(index: int, lo: float, hi: float) -> float:
+    """How far along its direction face ``index`` is moved: spread over [lo, hi) by the golden ratio."""
+    return lo + (hi - lo) * ((index * 0.6180339887498949) % 1.0)
+
+
 class StyleGan:
     """Mapping + synthesis networks compiled for the CPU; ``face(i)`` -> RGB uint8 [side, side, 3]."""
 
@@ -71,7 +76,7 @@ class StyleGan:
         style = self.style(index)
         if self.direction is not None:
             lo, hi = self.shift
-            step = lo + (hi - lo) * ((index * 0.6180339887498949) % 1.0)
+            step = shift_of(index, lo, hi)
             if self.to:  # ``shift`` is where along the direction the face ends, not how far it moves
                 step -= float(style[0] @ self.direction) / float(self.direction @ self.direction)
             style = style + step * self.direction[None]
