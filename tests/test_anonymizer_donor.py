@@ -229,6 +229,56 @@ def test_donor_face_is_another_person_for_both_recognisers(models, anon):
             assert d > 0.6, f"dlib still calls portrait {k} the same person (distance {d:.2f})"
 
 
+def test_a_track_draws_first_among_the_donors_least_like_the_stranger(models):
+    """A render keeps the stranger's outline and hair, so a donor face already close to theirs
+    stood closer after the paste too. A track tries first the ``UNLIKE`` share of its candidates
+    of each apparent sex the recogniser finds least like the person, in its seed's order (the
+    least like of both sexes together were mostly of the stranger's other sex, where the sex
+    classifier could not read them): over the portraits, six seeds
+    each, its renders stand farther from their person than those of the seed's order alone, and a
+    person seen again draws another face (no pseudonym linking the visits)."""
+    from edge_agent.anonymize.donor import UNLIKE
+
+    _, emb, photos = models
+
+    def renders(anon: DonorAnonymizer) -> tuple[list[float], list[int]]:
+        """Cosine of each render to its person; per photo, the synthetic people its six visits drew."""
+        sims, people = [], []
+        for k, (img, face) in enumerate(photos):
+            drawn = set()
+            for seed in range(6):  # six visits, one track each, alone in the frame
+                out = img.copy()
+                anon.anonymize(out, face, seed=seed)
+                if anon.donor_of(seed) is not None:
+                    sims.append(cosine(emb, img, out, face))
+                    drawn.add(anon.bank.person(anon.donor_of(seed)))
+                anon.forget(seed)
+            people.append(len(drawn))
+        return sims, people
+
+    plain = DonorAnonymizer(budget_ms=None, frame_budget_ms=None, embedder=emb)
+    plain._unlike_first = lambda order, person: order  # the seed's order alone
+    before, _ = renders(plain)
+    anon = DonorAnonymizer(budget_ms=None, frame_budget_ms=None, embedder=emb)
+    after, people = renders(anon)
+    assert len(after) >= len(before) - 1 and max(after) < 0.25
+    assert np.mean(after) < np.mean(before) - 0.02, (np.mean(after), np.mean(before))
+    assert min(people) >= 3, people  # six visits of one person: at least three synthetic people
+
+    img, face = photos[0]
+    person = anon.check.person(img, face)
+    order = [int(d) for d in anon.bank.nearest(*pose(face.landmarks), np.float32([60, 10, 15]), big=True)]  # no sex asked: both
+    likeness = anon._donor_likeness(order, person)
+    first = anon._unlike_first(order, person)
+    assert sorted(first) == sorted(order)
+    least: set[int] = set()
+    for male in (True, False):
+        of_sex = [j for j, d in enumerate(order) if (anon.bank.male[d] > 0.5) == male]
+        assert of_sex, "the candidates hold both sexes"
+        least |= {order[j] for j in sorted(of_sex, key=lambda j: likeness[j])[:int(np.ceil(len(of_sex) * UNLIKE))]}
+    assert first[:len(least)] == [d for d in order if d in least]  # each sex's least like first, in the seed's order
+
+
 def test_off_centre_landmarks_get_the_whole_head_redacted(models, anon):
     """The issue's close-up: landmarks squeezed onto the forehead of a big box. Pasting a face
     through them would leave the person's eyes, nose and mouth beside it."""
@@ -655,6 +705,43 @@ def test_one_donor_per_track_across_frames(shared_dir, models):
         b.anonymize(frames[0].copy(), max(det.detect(frames[0]), key=lambda f: f.width), seed=s)
         others.add(b.donor_of(s))
     assert len(others) >= 4
+
+
+def test_two_strangers_of_one_frame_never_wear_the_same_synthetic_person(models):
+    """Donors are drawn by pose, skin tone, apparent sex and age, so strangers alike in those drew
+    among the same dozen donors and a crowd showed twins. A new track draws among the synthetic
+    people no other track shows, mirrored copies included; a donor comes free when its track ends."""
+    det, _, photos = models
+    tile = cv2.copyMakeBorder(cv2.resize(photos[0][0], (240, 240)), 60, 60, 60, 60, cv2.BORDER_CONSTANT, value=(90, 90, 90))
+    frame0 = np.vstack([np.hstack([tile] * 4)] * 2)  # one face, eight times: the same dozen nearest donors
+    faces = det.detect(frame0)
+    assert len(faces) == 8
+
+    def people(anon: DonorAnonymizer) -> list[int]:
+        frame = frame0.copy()
+        anon.begin_frame(faces, frame)
+        for k, face in enumerate(faces):
+            anon.anonymize(frame, face, k)
+        return [anon.bank.person(anon.donor_of(k)) for k in range(8)]
+
+    alone = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)
+    alone.worn = lambda but=None: []  # the draw before: each track as if it were alone
+    assert len(set(people(alone))) < 8
+    anon = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)
+    worn = people(anon)
+    assert len(set(worn)) == 8 and sorted(anon.worn()) == sorted(worn)
+    anon.forget(0)
+    assert worn[0] not in anon.worn() and sorted(anon.worn(but=1)) == sorted(worn[2:])
+
+    bank = anon.bank
+    yaw, pitch = pose(faces[0].landmarks)
+    tone = np.float32([60, 10, 15])
+    near = bank.nearest(yaw, pitch, tone, big=True)
+    taken = [bank.person(i) for i in near[:6]]
+    others = bank.nearest(yaw, pitch, tone, big=True, worn=taken)
+    assert len(others) == len(near) and not set(bank.person(i) for i in others) & set(taken)
+    everyone = bank.nearest(yaw, pitch, tone, big=True, worn=range(bank.size))  # too few left: worn donors come back
+    assert len(everyone) == len(near)
 
 
 def test_dark_scene_gets_a_dark_face(models, anon):

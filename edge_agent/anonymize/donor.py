@@ -41,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
@@ -67,7 +67,8 @@ LARGE_FACE_PX = 160.0  # ...and from 256 px from this width (a 128 px crop would
 SIZE_CLASSES = (64, BANK_SIDE, BIG_SIDE)
 BIG_CACHE = 64  # decoded close-up donors kept (256 KB each)
 PASTE_REACH = (0.9, 0.85, 1.12)  # paste ellipse: brow and chin in eye-to-mouth spans, half width in eye distances
-NEAREST = 12  # donors close in pose and tone among which the track's seed picks
+NEAREST = 12  # donors close in pose and tone among which the track's seed picks...
+UNLIKE = 0.5  # ...first among this share of them the recogniser finds least like the stranger (:meth:`DonorAnonymizer._unlike_first`)
 TRIES = 3  # candidates a track renders and checks at once (each a render and an embedding)...
 CHILD_TRIES = 6  # ...a child's track (children's faces stand closer together for the recogniser: more fail the check)...
 RETRY_FRAMES = 15  # ...and, all too close to the person, the next ones this many frames later (up to NEAREST in all)
@@ -390,6 +391,10 @@ class DonorBank:
         self._clear = _CLEAR_FOREHEAD.setdefault(self.sha256, np.full(n, -1, np.int8))
         self._clear[occluded] = 0  # a hand on the chin, sunglasses: never drawn
 
+    def person(self, i: int) -> int:
+        """The synthetic person behind index ``i`` of :meth:`nearest` (a mirror is its donor's)."""
+        return int(i) % self.size
+
     def has_big(self, i: int) -> bool:
         """Does donor ``i`` have a 256 px crop?"""
         return self._row(i, True) >= 0
@@ -399,7 +404,7 @@ class DonorBank:
         return int(self._big[int(i) % self.size]) if big else -1
 
     def nearest(self, yaw: float, pitch: float, tone: np.ndarray, k: int = NEAREST, big: bool = False, male: float = np.nan,
-                child: float = np.nan) -> np.ndarray:
+                child: float = np.nan, worn: Collection[int] = ()) -> np.ndarray:
         """Indices (``>= size``: mirrored) of the ``k`` donors closest in pose and skin tone (a NaN
         component of ``tone`` is not compared), among
         those that may be chosen (:meth:`clear`; a bank with fewer such donors: among all).
@@ -410,7 +415,9 @@ class DonorBank:
         ``child``: the stranger's P(child); a child draws among child donors, anyone else among
         the others (:func:`~edge_agent.anonymize.apparent_age.clash`), unless that leaves fewer
         than ``k``; a child's donor is not held to a sure sex (the children are labelled unsure),
-        and for an adult a teenager counts as farther (:func:`~edge_agent.anonymize.apparent_age.unsure_cost`)."""
+        and for an adult a teenager counts as farther (:func:`~edge_agent.anonymize.apparent_age.unsure_cost`).
+        ``worn``: donors (:meth:`person`) other faces wear; they and their mirrors are left out,
+        unless that leaves fewer than ``k``."""
         # each tone component counts up to TONE_CAP: under a coloured stage light no donor's skin
         # is near the stranger's, and uncapped the colour outweighed the pose (a child turned to one
         # side was drawn onto a frontal face under green light, torn apart by the warp)
@@ -419,7 +426,8 @@ class DonorBank:
         d = d + (0.0 if is_child else unsure_cost(male, self.male) + apparent_age.unsure_cost(child, self.child))
         if big and self._with_big.any():
             d = np.where(self._with_big, d, np.inf)
-        for other in (apparent_age.clash(child, self.child), clash(male, self.male)):
+        taken = np.isin(np.arange(len(d)) % self.size, np.fromiter(worn, np.int64))
+        for other in (apparent_age.clash(child, self.child), clash(male, self.male), taken):
             if np.isfinite(np.where(other, np.inf, d)).sum() >= k:
                 d = np.where(other, np.inf, d)
         order = np.argsort(d, kind="stable")
@@ -786,7 +794,8 @@ class DonorAnonymizer(TrackedAnonymizer):
     embedder, max_similarity: the check at a track's first frame: the project's recogniser embeds
         the face before and after (:class:`~edge_agent.anonymize.identity_check.IdentityCheck`); at cosine >=
         ``max_similarity`` the next candidate donor is
-        tried (up to 3), then ``small_faces``. After the head turned or neared (:meth:`_drifted`)
+        tried (up to 3), then ``small_faces``; the same recogniser puts the candidate donors least
+        like the person first (:meth:`_unlike_first`). After the head turned or neared (:meth:`_drifted`)
         a render is checked again (in :meth:`end_frame`); one too close gets ``small_faces`` over
         it, and the face keeps ``small_faces`` until it moves (:meth:`_held`). ``embedder=None``
         skips both.
@@ -866,6 +875,7 @@ class DonorAnonymizer(TrackedAnonymizer):
         self._shadowed: list[Face] = []  # this frame's second detections of a head...
         self._shadow_done = True  # ...redacted at the frame's first face
         self._tracks: OrderedDict[int, _Track] = OrderedDict()
+        self._embedded: dict[int, np.ndarray] = {}  # donor -> its face's embedding by the check's recogniser (:meth:`_donor_likeness`)
         self._settling: OrderedDict[int, int] = OrderedDict()  # seed -> frames its landmarks fit since they last did not
         self._frame_no = 0
         self._frame_start: float | None = None
@@ -898,6 +908,13 @@ class DonorAnonymizer(TrackedAnonymizer):
         """The bank index given to track ``seed`` (None: not seen, or not anonymized by a donor)."""
         t = self._tracks.get(int(seed))
         return t.donor if t is not None and t.safe else None
+
+    def worn(self, but: int | None = None) -> list[int]:
+        """The synthetic people (:meth:`DonorBank.person`) that tracks other than ``but`` show. A
+        new track draws among the others: drawn by pose, tone, sex and age alone, a third of the
+        bright faces of crowd-reid's 4K crowd and nearly two thirds of the dark ones wore the face
+        of another person of the same frame."""
+        return [self.bank.person(t.donor) for s, t in self._tracks.items() if s != but and t.safe]
 
     # -- per face ------------------------------------------------------------------------------
     def anonymize(self, frame: np.ndarray, face: Face, seed: int = 0) -> None:
@@ -1023,19 +1040,21 @@ class DonorAnonymizer(TrackedAnonymizer):
 
     def _draw(self, frame: np.ndarray, face: Face, seed: int, tried: tuple[int, ...], scored=None) -> _Track:
         """A track's donor: the seed's order over the ``NEAREST`` donors closest in pose, skin tone
-        (and apparent sex and age), the first of the next ``TRIES`` (``CHILD_TRIES`` for a child)
+        (and apparent sex and age) that no other track wears, those least like the person first
+        (:meth:`_unlike_first`), the first of the next ``TRIES`` (``CHILD_TRIES`` for a child)
         not in ``tried`` whose render passes the recogniser check; none passing, an unsafe track (the fallback) that remembers them and
         tries its next candidates ``RETRY_FRAMES`` later (:meth:`_retry`)."""
         crop, male, child = self._apparent(frame, face) if scored is None else scored
         yaw, pitch = pose(face.landmarks)
         # every face may come close (a person walking up to a camera is first seen small): its
         # donor is one with a close-up crop
-        near = self.bank.nearest(yaw, pitch, skin_tone(crop), big=True, male=male, child=child)
+        near = self.bank.nearest(yaw, pitch, skin_tone(crop), big=True, male=male, child=child, worn=self.worn(but=seed))
         rng = np.random.default_rng(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
         order = [int(near[j]) for j in rng.permutation(len(near)) if int(near[j]) not in tried]
         if self.check is None or not order:
             return _Track(donor=order[0] if order else int(near[0]), safe=self.check is None, tried=tried, veiled=self.veil)
         person = self.check.person(self.original(frame), face)
+        order = self._unlike_first(order, person)
         tries = CHILD_TRIES if np.isfinite(child) and child >= apparent_age.CHILD else TRIES
         trials = [_Track(donor=donor, veiled=self.veil) for donor in order[:tries]]
         if not self.veil:  # then the first of them with its outline veiled
@@ -1052,6 +1071,39 @@ class DonorAnonymizer(TrackedAnonymizer):
             if trial.donor not in tried:
                 tried += (trial.donor,)
         return _Track(donor=order[0], safe=False, tried=tried, retry_at=self._frame_no + RETRY_FRAMES)
+
+    def _unlike_first(self, order: list[int], person: np.ndarray) -> list[int]:
+        """``order`` (the seed's) with the donors the recogniser finds least like the person
+        first (the ``UNLIKE`` share of each apparent sex among them), in the seed's order among
+        themselves. A render keeps the stranger's outline and hair, and a donor face already close
+        to the stranger's stood closer after the paste too. Per sex: the recogniser sees sex, and
+        the least like of a mixed set (a stranger the sex classifier cannot read) were mostly of
+        the other sex. A random pick among them, not the least like: the same person seen again
+        draws another face, not a pseudonym that links the visits."""
+        likeness = self._donor_likeness(order, person)
+        male = self.bank.male[order]
+        side = np.where(np.isfinite(male), male > 0.5, 2)
+        unlike: set[int] = set()
+        for s in np.unique(side):
+            group = np.flatnonzero(side == s)
+            keep = int(np.ceil(len(group) * UNLIKE))
+            unlike.update(order[j] for j in group[np.argsort(likeness[group], kind="stable")[:keep]])
+        return [d for d in order if d in unlike] + [d for d in order if d not in unlike]
+
+    def _donor_likeness(self, donors: list[int], person: np.ndarray) -> np.ndarray:
+        """Cosine of each donor's own face (its 128 px crop) to ``person`` (:meth:`IdentityCheck.person`),
+        by the check's recogniser; each donor is embedded once, all missing ones in one call."""
+        missing = [d for d in dict.fromkeys(donors) if d not in self._embedded]
+        if missing:
+            crops, faces = [], []
+            for k, d in enumerate(missing):
+                crop, lm = self.bank.donor(d)
+                lm = lm + (k * BANK_SIDE, 0)
+                crops.append(crop)
+                faces.append(Face(np.concatenate([lm.min(0), lm.max(0)]).astype(np.float32), lm.astype(np.float32), 1.0))
+            for d, e in zip(missing, self.check.embedder.embed(np.hstack(crops), faces)):
+                self._embedded[d] = e
+        return np.array([float(np.max(person @ self._embedded[d])) for d in donors], np.float32)
 
     def _retry(self, frame: np.ndarray, face: Face, seed: int, track: _Track) -> _Track:
         """An unsafe track whose wait is over, with time left in the frame's new-track budget and

@@ -12,7 +12,8 @@ all the frame's identifying faces (chance: one over their number). LFW's re-ID a
 1,000 strangers in separate photos; here the gallery is the crowd the face stood in, with its
 hair, outline and clothes around it. Track seeds, hence the donors drawn, are random as in the
 agent; ``--seed`` fixes them, so that two revisions run with the same seeds differ only by what
-changed (the run-to-run spread of random seeds is larger than most changes).
+changed (the run-to-run spread of random seeds is larger than most changes). For the donor mode it
+also counts the faces whose synthetic person another face of the frame already shows.
 """
 
 from __future__ import annotations
@@ -77,6 +78,15 @@ def rank1(original: np.ndarray, anonymized: np.ndarray, faces: list, emb, dlib=N
     return out
 
 
+def worn_donors(engine, tracks) -> list[int]:
+    """The synthetic person (a mirror folded onto its donor) each of the tracks shows, for an
+    engine that draws donors; else empty."""
+    if not hasattr(engine, "donor_of"):
+        return []
+    donors = (engine.donor_of(t.seed) for t in tracks)
+    return [d % engine.bank.size for d in donors if d is not None]
+
+
 def crowd_reid(args) -> None:
     from edge_agent.config import load_config
     from edge_agent.models.arcface import ArcFaceEmbedder
@@ -112,6 +122,7 @@ def crowd_reid(args) -> None:
                 out, redacted = guard.filter_array(frame.copy())
                 engine = guard.pipeline.anonymizer
                 drawn = {k: engine.stats[k] for k in ("rendered", "too_similar") if k in getattr(engine, "stats", {})}
+                worn = worn_donors(engine, guard.pipeline.tracker.tracks)
             finally:
                 guard.close()
             if redacted:
@@ -121,4 +132,5 @@ def crowd_reid(args) -> None:
             print(f"  {mode}: rank-1 {r['rank1']:.1%} ({round(r['rank1'] * r['faces'])} of {r['faces']}), "
                   f"own similarity mean {r['own_mean']:.3f}, p90 {r['own_p90']:.3f}, max {r['own_max']:.3f}"
                   + (f"; dlib rank-1 {r['dlib_rank1']:.1%}" if "dlib_rank1" in r else "")
-                  + (f"; {drawn['rendered']} faces drawn, {drawn['too_similar']} candidate donors too similar" if drawn else ""))
+                  + (f"; {drawn['rendered']} faces drawn, {drawn['too_similar']} candidate donors too similar" if drawn else "")
+                  + (f"; {len(worn) - len(set(worn))} of {len(worn)} donor faces repeat another's donor" if worn else ""))
