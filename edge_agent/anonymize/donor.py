@@ -1076,9 +1076,9 @@ class DonorAnonymizer(TrackedAnonymizer):
         """``order`` (the seed's) with the donors the recogniser finds least like the person
         first (the ``UNLIKE`` share of each apparent sex among them), in the seed's order among
         themselves. A render keeps the stranger's outline and hair, and a donor face already close
-        to the stranger's stood closer after the paste too. Per sex: the recogniser sees sex, and
-        the least like of a mixed set (a stranger the sex classifier cannot read) were mostly of
-        the other sex. A random pick among them, not the least like: the same person seen again
+        to the stranger's stood closer after the paste too. Per sex: the recogniser sees sex, so
+        the least like of a mixed set (a stranger the sex classifier cannot read) lean to the
+        stranger's other sex. A random pick among them, not the least like: the same person seen again
         draws another face, not a pseudonym that links the visits."""
         likeness = self._donor_likeness(order, person)
         male = self.bank.male[order]
