@@ -28,8 +28,15 @@ DONOR_ADULT = 0.25  # a donor labelled adult or scored under this is of sure age
 class ApparentAge(ApparentSex):
     """``score(crop)``: P(child) of an aligned BGR face crop (the apparent-sex net's input)."""
 
+    what = "apparent-age"
+
     def __init__(self, path: str | Path = MODEL, threads: int = 1) -> None:
         super().__init__(path, threads)
+
+
+def is_child(stranger: float) -> bool:
+    """Is a stranger's P(child) sure enough (``CHILD``) to draw among child donors only?"""
+    return bool(np.isfinite(stranger) and stranger >= CHILD)
 
 
 def clash(stranger: float, donors: np.ndarray) -> np.ndarray:
@@ -41,7 +48,7 @@ def clash(stranger: float, donors: np.ndarray) -> np.ndarray:
         return np.zeros(donors.shape, bool)
     with np.errstate(invalid="ignore"):
         child = donors >= DONOR_CHILD
-    return ~child if stranger >= CHILD else child
+    return ~child if is_child(stranger) else child
 
 
 def unsure_cost(stranger: float, donors: np.ndarray) -> np.ndarray:

@@ -36,17 +36,19 @@ def standardise(grey: np.ndarray) -> np.ndarray:
 class ApparentSex:
     """``score(crop)``: P(male) of an aligned BGR face crop of any side (resized to ``SIDE``)."""
 
+    what = "apparent-sex"  # named in errors
+
     def __init__(self, path: str | Path = MODEL, threads: int = 1) -> None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"apparent-sex model not found: {path}")
+            raise FileNotFoundError(f"{self.what} model not found: {path}")
         self.session = open_session(path, "cpu", threads)
 
     def score(self, crop: np.ndarray) -> float:
         grey = cv2.cvtColor(cv2.resize(crop, (SIDE, SIDE), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
         p = float(self.session.run(None, {"crop": standardise(grey[None])[:, None]})[0][0])
         if not np.isfinite(p):
-            raise ValueError("apparent-sex model gave a non-finite score")
+            raise ValueError(f"{self.what} model gave a non-finite score")
         return p
 
 

@@ -422,8 +422,7 @@ class DonorBank:
         # is near the stranger's, and uncapped the colour outweighed the pose (a child turned to one
         # side was drawn onto a frontal face under green light, torn apart by the warp)
         d = (((self.pose - (yaw, pitch)) / POSE_SCALE) ** 2).sum(1) + np.nansum(np.minimum(((self.tone - tone[:3]) / TONE_SCALE) ** 2, TONE_CAP), 1)
-        is_child = np.isfinite(child) and child >= apparent_age.CHILD
-        d = d + (0.0 if is_child else unsure_cost(male, self.male) + apparent_age.unsure_cost(child, self.child))
+        d = d + (0.0 if apparent_age.is_child(child) else unsure_cost(male, self.male) + apparent_age.unsure_cost(child, self.child))
         if big and self._with_big.any():
             d = np.where(self._with_big, d, np.inf)
         taken = np.isin(np.arange(len(d)) % self.size, np.fromiter(worn, np.int64))
@@ -1055,7 +1054,7 @@ class DonorAnonymizer(TrackedAnonymizer):
             return _Track(donor=order[0] if order else int(near[0]), safe=self.check is None, tried=tried, veiled=self.veil)
         person = self.check.person(self.original(frame), face)
         order = self._unlike_first(order, person)
-        tries = CHILD_TRIES if np.isfinite(child) and child >= apparent_age.CHILD else TRIES
+        tries = CHILD_TRIES if apparent_age.is_child(child) else TRIES
         trials = [_Track(donor=donor, veiled=self.veil) for donor in order[:tries]]
         if not self.veil:  # then the first of them with its outline veiled
             trials.append(_Track(donor=order[0], veiled=True))

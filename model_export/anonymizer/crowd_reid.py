@@ -78,15 +78,6 @@ def rank1(original: np.ndarray, anonymized: np.ndarray, faces: list, emb, dlib=N
     return out
 
 
-def worn_donors(engine, tracks) -> list[int]:
-    """The synthetic person (a mirror folded onto its donor) each of the tracks shows, for an
-    engine that draws donors; else empty."""
-    if not hasattr(engine, "donor_of"):
-        return []
-    donors = (engine.donor_of(t.seed) for t in tracks)
-    return [d % engine.bank.size for d in donors if d is not None]
-
-
 def crowd_reid(args) -> None:
     from edge_agent.config import load_config
     from edge_agent.models.arcface import ArcFaceEmbedder
@@ -122,7 +113,7 @@ def crowd_reid(args) -> None:
                 out, redacted = guard.filter_array(frame.copy())
                 engine = guard.pipeline.anonymizer
                 drawn = {k: engine.stats[k] for k in ("rendered", "too_similar") if k in getattr(engine, "stats", {})}
-                worn = worn_donors(engine, guard.pipeline.tracker.tracks)
+                worn = engine.worn() if hasattr(engine, "worn") else []  # the synthetic person each donor face shows
             finally:
                 guard.close()
             if redacted:
