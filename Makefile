@@ -32,7 +32,7 @@ export EDGE_AGENT_DATA_DIR ?= $(abspath $(DATA_DIR))
 REPORTS  ?= build/reports
 ANON_DATA ?= data/anonymizer
 
-.PHONY: setup venv models quantize quantize-detector need-shared verify engines run test bench bench-venv gen-venv synth synth-turned synth-young donor-bank eval-anonymizer install-service clean
+.PHONY: setup venv models quantize quantize-detector need-shared verify engines run test bench bench-venv gen-venv mesh-venv synth synth-turned synth-young donor-bank eval-anonymizer install-service clean
 
 setup: venv models quantize ## virtualenv, pinned dependencies, verified models, the INT8 embedder
 
@@ -123,6 +123,13 @@ gen-venv: .venv-gen/.installed
 	$(PYTHON) -m venv .venv-gen
 	.venv-gen/bin/pip install --quiet -r requirements/gen.txt
 	.venv-gen/bin/pip install --quiet --no-deps random-face==2021.7.21.1
+	touch $@
+
+mesh-venv: .venv-mesh/.installed ## MediaPipe's face mesh in its own virtualenv (model_export/anonymizer/face_hulls.py)
+.venv-mesh/.installed: requirements/mesh.txt
+	$(PYTHON) -m venv .venv-mesh
+	.venv-mesh/bin/pip install --quiet -r requirements/mesh.txt
+	.venv-mesh/bin/pip install --quiet --no-deps mediapipe==0.10.14
 	touch $@
 
 SYNTH_N    ?= 1000

@@ -744,6 +744,69 @@ def test_two_strangers_of_one_frame_never_wear_the_same_synthetic_person(models)
     assert len(everyone) == len(near)
 
 
+def test_a_turned_face_gets_its_new_face_over_its_near_cheek(shared_dir, models, monkeypatch):
+    """In the aligned crop a turned face lies toward its near cheek and is wider (the face-mesh
+    hulls of the bank's donors: model_export/anonymizer/face_hulls.py). Centred on the eyes, the
+    paste left a turned stranger's near cheek beside the new face under the light blur, and laid
+    the new face's far side over what lies behind the far cheek (a pale glow). On the selfie's face
+    turned 0.34, the band of near cheek the centred paste left out is now the donor's."""
+    import edge_agent.anonymize.donor as donor_mod
+    from edge_agent.anonymize.diffusion import aligned_crop
+    from edge_agent.anonymize.donor import crop_size, paste_masks, turn
+
+    det = models[0]
+    img = cv2.imread(str(shared_dir / "faces/deepface/selfie-many-people.jpg"))
+    face = next(f for f in det.detect(img) if f.width >= 100 and abs(pose(f.landmarks)[0]) >= 0.3)
+    size = min(crop_size(face), 256)
+    _, matrix, crop_lm = aligned_crop(img, face, size)
+    yaw = turn(crop_lm)
+    band = (paste_masks(size, yaw)[2] & ~paste_masks(size, 0.0)[2]).astype(np.uint8)
+    h, w = img.shape[:2]
+    in_frame = cv2.warpAffine(band, cv2.invertAffineTransform(matrix), (w, h), flags=cv2.INTER_NEAREST) > 0
+    assert in_frame.sum() > 300  # a band of cheek, not a sliver
+
+    def change() -> float:
+        out = img.copy()
+        DonorAnonymizer(budget_ms=None, frame_budget_ms=None).anonymize(out, face, 3)
+        return float(np.abs(out.astype(np.float32) - img.astype(np.float32))[in_frame].mean())
+
+    def masks_anew() -> None:  # the masks are cached per yaw
+        for cached in (donor_mod.paste_masks, donor_mod.rim_bands, donor_mod.forehead_band):
+            cached.cache_clear()
+
+    now = change()
+    monkeypatch.setattr(donor_mod, "TURN_SHIFT", 0.0)  # the paste centred on the eyes, as before
+    monkeypatch.setattr(donor_mod, "TURN_WIDEN", 0.0)
+    masks_anew()
+    centred = change()
+    masks_anew()
+    assert now > 2.0 * centred and now > 12.0, (now, centred)
+
+
+def test_evaluation_measures_each_photo_as_a_fresh_agent_would(models):
+    """The evaluation anonymizes thousands of photos with one engine, each photo's faces as new
+    tracks. Left alive, their donors counted as worn and pushed every later face's donor off its
+    nearest: a photo's face must draw the donor an engine that has seen nothing draws."""
+    from model_export.anonymizer.realism import anonymized
+
+    det, _, photos = models
+    img = photos[0][0]
+    face = det.detect(img)[0]
+
+    def donor(anon: DonorAnonymizer, seed: int) -> int:
+        anon.anonymize(img.copy(), face, seed)
+        return anon.bank.person(anon.donor_of(seed))
+
+    alone = {s: donor(DonorAnonymizer(budget_ms=None, frame_budget_ms=None), s) for s in range(1, 25)}
+    twin = next(s for s in range(2, 25) if alone[s] == alone[1])  # alone, it draws seed 1's donor
+    used = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)
+    anonymized(used, img, [face], [1])
+    assert used.worn() == [] and donor(used, twin) == alone[1]
+    kept = DonorAnonymizer(budget_ms=None, frame_budget_ms=None)  # what the evaluation measured before
+    donor(kept, 1)
+    assert donor(kept, twin) != alone[1]
+
+
 def test_dark_scene_gets_a_dark_face(models, anon):
     """No pale mask in the dark: the new face takes the scene's brightness (median |dL*| <= 3)."""
     from model_export.anonymizer.realism import mean_lstar

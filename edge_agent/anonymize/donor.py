@@ -67,6 +67,9 @@ LARGE_FACE_PX = 160.0  # ...and from 256 px from this width (a 128 px crop would
 SIZE_CLASSES = (64, BANK_SIDE, BIG_SIDE)
 BIG_CACHE = 64  # decoded close-up donors kept (256 KB each)
 PASTE_REACH = (0.9, 0.85, 1.12)  # paste ellipse: brow and chin in eye-to-mouth spans, half width in eye distances
+TURN_SHIFT = 1.39  # a turned face's middle lies this many eye distances per unit of yaw toward its near cheek...
+TURN_WIDEN = 0.84  # ...and its half width is this many more per unit |yaw| (the bank's face-mesh hulls: face_hulls)
+PASTE_EDGE = 2.0  # eye distances from the eyes' middle: the near side stays inside the aligned crop (2.12)
 NEAREST = 12  # donors close in pose and tone among which the track's seed picks...
 UNLIKE = 0.5  # ...first among this share of them the recogniser finds least like the stranger (:meth:`DonorAnonymizer._unlike_first`)
 TRIES = 3  # candidates a track renders and checks at once (each a render and an embedding)...
@@ -107,7 +110,8 @@ HAIR_TEXTURE_MIN = 3.0  # ...and at least this many grey levels (a smooth, noise
 OFF_FACE_FADE = 32  # the paste fades out over a donor's hair, collar or background with a blur of the crop side / this...
 HAIR_BAND = 0.45  # ...from this many eye-to-mouth spans above the eyes up (the eyebrows lie below)...
 CHIN_BAND = 0.5  # ...from this many below the mouth down (the lower chin and under it)...
-SIDE_BAND = 0.6  # ...and, below the eyes, past this share of the paste's half width (beside the cheeks)
+SIDE_BAND = 0.6  # ...and, below the eyes, past this share of the paste's half width (beside the cheeks)...
+TEMPLE_BAND = 0.85  # ...and, above them, past this share (the temples, out beyond the eyebrows' tails)
 FEATHER = 0.25  # the paste's feather, in ellipse radii: coarse shading meets the frame over it...
 DETAIL_FEATHER = 0.08  # ...fine detail over this much (two-band blend, :func:`paste`)
 OWN_BLUR_FROM = 0.5  # eye-to-mouth spans above the eyes: from there up the strong blur is of the face's own pixels (:func:`core_blur`)
@@ -125,22 +129,32 @@ DETAIL_SIGMA = 1.5  # frame px: the split between the fine band and the coarse o
 
 
 # -- geometry ----------------------------------------------------------------------------------
-def paste_ellipse(size: int) -> tuple[tuple[float, float], tuple[float, float]]:
+def paste_ellipse(size: int, yaw: float = 0.0) -> tuple[tuple[float, float], tuple[float, float]]:
     """(centre, semi-axes) of the pasted face in template space: brow to below the chin, cheek to
-    cheek (the skin a viewer reads as the face), from the aligned template so it scales."""
+    cheek (the skin a viewer reads as the face), from the aligned template so it scales. ``yaw``:
+    the face's turn (:func:`~edge_agent.anonymize.descriptors.pose`); in the aligned crop a turned
+    face lies toward its near cheek and is wider (``TURN_SHIFT``, ``TURN_WIDEN``). Centred on the
+    eyes, the paste left a turned stranger's near cheek beside the new face and laid the new face's
+    far side, or its background, over what lies behind the far cheek: a pale glow."""
     t = template(size, MARGIN)
     eyes_y, span = eyes_and_span(size)
     top, bottom = eyes_y - PASTE_REACH[0] * span, eyes_y + (1.0 + PASTE_REACH[1]) * span
-    half_w = PASTE_REACH[2] * float(t[1, 0] - t[0, 0])
-    return (float(t[:, 0].mean()), float(top + bottom) / 2), (half_w, float(bottom - top) / 2)
+    eye_d = float(t[1, 0] - t[0, 0])
+    # eye distances from the eyes' middle to each side: the near one stops inside the crop, the far
+    # one never (it covers the far eye)
+    far = PASTE_REACH[2] - (TURN_SHIFT - TURN_WIDEN) * abs(yaw)
+    near = min(PASTE_REACH[2] + (TURN_SHIFT + TURN_WIDEN) * abs(yaw), PASTE_EDGE)
+    left, right = (-near, far) if yaw >= 0 else (-far, near)
+    return (float(t[:, 0].mean()) + (left + right) / 2 * eye_d, float(top + bottom) / 2), ((right - left) / 2 * eye_d, float(bottom - top) / 2)
 
 
-@lru_cache(maxsize=4)
-def paste_masks(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+@lru_cache(maxsize=64)
+def paste_masks(size: int, yaw: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(feathered alpha, sharp alpha, hard mask, inner skin mask) of the pasted face in template
-    space. The donor's coarse shading is blended over the wide feather (no seam), its fine detail
-    over the sharp one (no soft ring of the blurred base showing through: see :func:`paste`)."""
-    (cx, cy), (ax, ay) = paste_ellipse(size)
+    space (``yaw``: :func:`paste_ellipse`, rounded by :func:`turn`). The donor's coarse shading is
+    blended over the wide feather (no seam), its fine detail over the sharp one (no soft ring of
+    the blurred base showing through: see :func:`paste`)."""
+    (cx, cy), (ax, ay) = paste_ellipse(size, yaw)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     r = np.sqrt(((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2)
     alpha = np.clip((1.0 - r) / FEATHER, 0.0, 1.0).astype(np.float32)
@@ -149,12 +163,17 @@ def paste_masks(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return alpha, sharp, (r <= 1.0), inner
 
 
-@lru_cache(maxsize=4)
-def forehead_band(size: int, low: float = FOREHEAD_BAND) -> np.ndarray:
-    """The top of the pasted ellipse (template space) down to ``low`` eye-to-mouth spans above the
-    eyes: the upper forehead, where a donor's fringe, cap or hat would be pasted onto a stranger's
-    bare forehead."""
-    (cx, cy), (ax, ay) = paste_ellipse(size)
+def turn(landmarks: np.ndarray) -> float:
+    """A face's yaw for :func:`paste_masks`: in steps of 0.05 (the masks are cached per step), within ``MAX_YAW``."""
+    return float(np.clip(np.round(pose(landmarks)[0] * 20.0) / 20.0, -MAX_YAW, MAX_YAW))
+
+
+@lru_cache(maxsize=64)
+def forehead_band(size: int, low: float = FOREHEAD_BAND, yaw: float = 0.0) -> np.ndarray:
+    """The top of the pasted ellipse (template space; ``yaw``: :func:`paste_ellipse`) down to ``low``
+    eye-to-mouth spans above the eyes: the upper forehead, where a donor's fringe, cap or hat would
+    be pasted onto a stranger's bare forehead."""
+    (cx, cy), (ax, ay) = paste_ellipse(size, yaw)
     eyes_y, span = eyes_and_span(size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     return (((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1.0) & (yy < eyes_y - low * span)
@@ -201,29 +220,32 @@ def clear_forehead(jpeg: np.ndarray) -> bool:
     return small is not None and forehead_cover(small) <= FOREHEAD_MAX
 
 
-@lru_cache(maxsize=3)
-def rim_bands(size: int) -> tuple[np.ndarray, np.ndarray]:
+@lru_cache(maxsize=64)
+def rim_bands(size: int, yaw: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The paste's (top and bottom, sides) in template space: the forehead from ``HAIR_BAND``
     eye-to-mouth spans above the eyes up and from ``CHIN_BAND`` spans below the mouth down, where
     a donor's fringe, or its neck shadow, collar or background under a chin that sits higher than
     the stranger's, would be pasted onto the stranger's forehead or chin; and below the eyes the
     outer part of each side (``SIDE_BAND``), where the background beside a cheek narrower or more
-    turned than the stranger's would be pasted onto the stranger's cheek."""
-    (cx, cy), (ax, ay) = paste_ellipse(size)
+    turned than the stranger's would be pasted onto the stranger's cheek. ``yaw``: the paste's
+    (:func:`paste_ellipse`)."""
+    (cx, cy), (ax, ay) = paste_ellipse(size, yaw)
     eyes_y, span = eyes_and_span(size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     inside = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1.0
-    top_bottom = forehead_band(size, HAIR_BAND) | (inside & (yy > eyes_y + (1.0 + CHIN_BAND) * span))
-    sides = inside & (yy > eyes_y) & (np.abs(xx - cx) > SIDE_BAND * ax) & ~top_bottom
+    top_bottom = forehead_band(size, HAIR_BAND, yaw) | (inside & (yy > eyes_y + (1.0 + CHIN_BAND) * span))
+    out = np.abs(xx - cx) / ax
+    sides = inside & np.where(yy > eyes_y, out > SIDE_BAND, (yy > eyes_y - HAIR_BAND * span) & (out > TEMPLE_BAND)) & ~top_bottom
     return top_bottom, sides
 
 
-def off_face(crop: np.ndarray) -> np.ndarray:
-    """Bool mask of an aligned donor crop's :func:`rim_bands` that is not its face
+def off_face(crop: np.ndarray, yaw: float = 0.0) -> np.ndarray:
+    """Bool mask of an aligned donor crop's :func:`rim_bands` at the crop's own ``yaw``
+    (:func:`turn`: the paste of a stranger turned as the donor is) that is not its face
     (:func:`not_skin`; on the forehead also a light fringe, :func:`strands`; beside the cheeks a
     shaded cheek is face)."""
-    top_bottom, sides = rim_bands(crop.shape[0])
-    fringe = strands(crop, forehead_band(crop.shape[0], HAIR_BAND))
+    top_bottom, sides = rim_bands(crop.shape[0], yaw)
+    fringe = strands(crop, forehead_band(crop.shape[0], HAIR_BAND, yaw))
     return not_skin(crop, top_bottom) | fringe | not_skin(crop, sides, shade_is_skin=True)
 
 
@@ -443,12 +465,12 @@ class DonorBank:
             self._clear[base] = int(clear_forehead(self.jpeg[self.offsets[base]:self.offsets[base + 1]]))
         return bool(self._clear[base])
 
-    def _decode(self, data: np.ndarray, side: int, what: str) -> np.ndarray:
+    def _decode(self, data: np.ndarray, side: int, landmarks: np.ndarray, what: str) -> np.ndarray:
         """BGRA: the crop, and what of its paste is not its face (:func:`off_face`) as alpha."""
         crop = cv2.imdecode(data, cv2.IMREAD_COLOR)
         if crop is None or crop.shape != (side, side, 3):
             raise ValueError(f"{what} does not decode")
-        return np.dstack([crop, off_face(crop).astype(np.uint8) * 255])
+        return np.dstack([crop, off_face(crop, turn(landmarks)).astype(np.uint8) * 255])
 
     def _entry(self, i: int, big: bool) -> np.ndarray:
         base = int(i) % self.size
@@ -457,9 +479,10 @@ class DonorBank:
         entry = cache.get(base)
         if entry is None:
             if row >= 0:
-                entry = self._decode(self.jpeg_big[self.offsets_big[row]:self.offsets_big[row + 1]], BIG_SIDE, f"close-up donor {base}")
+                entry = self._decode(self.jpeg_big[self.offsets_big[row]:self.offsets_big[row + 1]], BIG_SIDE, self.landmarks_big[row],
+                                     f"close-up donor {base}")
             else:
-                entry = self._decode(self.jpeg[self.offsets[base]:self.offsets[base + 1]], BANK_SIDE, f"donor {base}")
+                entry = self._decode(self.jpeg[self.offsets[base]:self.offsets[base + 1]], BANK_SIDE, self.landmarks[base], f"donor {base}")
             cache[base] = entry
             while len(cache) > limit:
                 cache.popitem(last=False)
@@ -1180,7 +1203,7 @@ class DonorAnonymizer(TrackedAnonymizer):
             warped = cv2.warpAffine(donor, landmark_affine(donor_lm, target), (size, size), flags=cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_REPLICATE)
         warped, off = warped[..., :3], warped[..., 3].astype(np.float32) / 255.0
-        alpha, sharp, hard, inner = paste_masks(size)
+        alpha, sharp, hard, inner = paste_masks(size, turn(crop_lm))
         under = alpha  # the strong blur goes under the whole paste, the donor's face or not
         if off.any():
             alpha, sharp = without_off_face(alpha, sharp, off)

@@ -122,6 +122,7 @@ def donors_drawn(shared: Path, faces: list, seeds: int = 12) -> None:
     from edge_agent.anonymize.donor import DonorAnonymizer
     from edge_agent.models.arcface import ArcFaceEmbedder
     from model_export.anonymizer.data import arcface_path
+    from model_export.anonymizer.realism import new_tracks
 
     net, emb = ApparentAge(), ArcFaceEmbedder(arcface_path(shared), threads=1)
     sure = [(img, f) for img, f in faces if net.score(aligned_crop(img, f, 128)[0]) >= CHILD]
@@ -131,8 +132,9 @@ def donors_drawn(shared: Path, faces: list, seeds: int = 12) -> None:
         for k, (img, face) in enumerate(sure):
             for seed in range(seeds):
                 anon.begin_frame()
-                anon.anonymize(img.copy(), face, 1000 * k + seed)
-                safe += int(anon._tracks[1000 * k + seed].safe)
+                with new_tracks(anon, 1000 * k + seed):
+                    anon.anonymize(img.copy(), face, 1000 * k + seed)
+                    safe += int(anon._tracks[1000 * k + seed].safe)
         print(f"{len(sure)} children taken for children, {seeds} tracks each, {'child donors' if match else 'as before (adults)'}: "
               f"{safe} of {len(sure) * seeds} tracks got a donor that passed the recogniser check")
 

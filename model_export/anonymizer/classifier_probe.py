@@ -90,13 +90,13 @@ def _synthetic(args, anon, det, own: bool) -> list[dict]:
                     continue
                 face = max(faces, key=lambda f: f.width)
                 out = img.copy()
-                anon.forget(j)
                 if own:
                     crop, _, landmarks = aligned_crop(img, face, donor_mod.BANK_SIDE)
                     anon.bank = _OneDonor(crop, landmarks)
                     anon.render(out, face, _Track(donor=0), j)
                 else:
-                    anon.anonymize(out, face, j)
+                    with realism.new_tracks(anon, j):
+                        anon.anonymize(out, face, j)
                 realism.measure(recs, img, out, [face], _AnyHog())
     anon.bank = bank
     return recs
@@ -108,7 +108,7 @@ def _pairs(args, anon, det, emb, check) -> str:
     cos, dist = [], []
     for k, img in realism.colour_photos(args.shared, "photo pairs"):
         faces = det.detect(img)
-        out, served = realism.anonymized(anon, img, faces, [1000 * k + j for j in range(len(faces))], forget=True)
+        out, served = realism.anonymized(anon, img, faces, [1000 * k + j for j in range(len(faces))])
         for f in served:
             if f.width >= PAIR_MIN_PX:
                 cos.append(float(emb.embed(img, [f])[0] @ emb.embed(out, [f])[0]))

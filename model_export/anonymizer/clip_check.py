@@ -20,7 +20,7 @@ from edge_agent.anonymize.identity_check import jittered
 from edge_agent.models.arcface import ArcFaceEmbedder
 from edge_agent.models.yunet import YuNet
 from model_export.anonymizer.data import arcface_path, every_nth_frame, yunet_path
-from model_export.anonymizer.realism import IDENTIFYING_NULL_SIMILARITY
+from model_export.anonymizer.realism import IDENTIFYING_NULL_SIMILARITY, new_tracks
 
 REGISTERED = ("lin-manuel-miranda.png", "alex-lacamoire.png")  # the clip's performers: not audience
 BINS = ((0, 24), (24, 30), (30, 40), (40, 60), (60, 10_000))
@@ -58,8 +58,8 @@ def similarity_by_width(shared: Path, student: Path, seeds: int, every: int, thr
             p_cos = float(np.max(np.sum(originals * emb.embed(pix, views), 1)))
             for seed in range(seeds):
                 out = frame.copy()
-                gen.forget(seed)
-                gen.anonymize(out, face, seed)
+                with new_tracks(gen, seed):
+                    gen.anonymize(out, face, seed)
                 cos = np.sum(originals * emb.embed(out, views), 1)
                 rows.append((face.width, float(cos[0]), float(cos.max()), p_cos))
     data = np.array(rows, np.float32).reshape(-1, 4)

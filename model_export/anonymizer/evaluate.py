@@ -30,6 +30,7 @@ from edge_agent.models.arcface import ArcFaceEmbedder
 from edge_agent.models.yunet import YuNet
 from edge_agent.tracker import box_iou as iou
 from model_export.anonymizer.data import arcface_path, central_face, yunet_path
+from model_export.anonymizer.realism import new_tracks
 
 
 class _Fixed(DiffusionAnonymizer):
@@ -55,8 +56,8 @@ class Evaluator:
         for img, face, seed in tqdm(list(zip(images, faces, seeds)), desc=desc, unit="face", leave=False):
             out = img.copy()
             t0 = time.perf_counter()
-            anonymizer.forget(seed)
-            anonymizer.anonymize(out, face, seed)
+            with new_tracks(anonymizer, seed):
+                anonymizer.anonymize(out, face, seed)
             ms.append((time.perf_counter() - t0) * 1000)
             probes.append(align(out, face.landmarks, 112)[0])
             dets = self.det.detect(out)

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from edge_agent.tracker import box_iou
+from model_export.anonymizer.realism import new_tracks
 
 RECOGNISER = "dlib_face_recognition_resnet_model_v1.dat"
 PREDICTOR = "shape_predictor_5_face_landmarks.dat"
@@ -138,8 +139,8 @@ def evaluate_independent(args) -> dict:
         desc, valid = [], []
         for i in tqdm(probe, desc=f"dlib: {name}", unit="face"):
             out = images[i].copy()
-            anon.forget(10_000 + int(i))  # the seeds `eval` uses, so the faces are the same
-            anon.anonymize(out, faces[i], 10_000 + int(i))
+            with new_tracks(anon, 10_000 + int(i)):  # the seeds `eval` uses, so the faces are the same
+                anon.anonymize(out, faces[i], 10_000 + int(i))
             desc.append(check.embed(out, shapes[i]))
             valid.append(check.detects(out, faces[i].box))
         m = reid_distance(np.stack(desc), gal, probe)
@@ -163,8 +164,8 @@ def evaluate_independent(args) -> dict:
     cprobe = []
     for k, (im, f, s) in enumerate(tqdm(list(zip(cim, cf, csh)), desc="dlib: colour", unit="face")):
         out = im.copy()
-        student.forget(k + 1)
-        student.anonymize(out, f, k + 1)
+        with new_tracks(student, k + 1):
+            student.anonymize(out, f, k + 1)
         cprobe.append(check.embed(out, s))
     cprobe = np.stack(cprobe)
 

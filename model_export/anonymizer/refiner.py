@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from edge_agent.anonymize.diffusion import aligned_crop
-from edge_agent.anonymize.donor import DonorAnonymizer, _Track, off_face
+from edge_agent.anonymize.donor import DonorAnonymizer, _Track, off_face, turn
 from edge_agent.anonymize.refine import REFINE_CROP, head_weight, network_input
 from edge_agent.faces import Face
 from model_export.low_light import darken
@@ -73,7 +73,7 @@ class _OneDonor:
         return self.crop, self.landmarks
 
     def off_face(self, i: int, big: bool = False) -> np.ndarray:
-        return off_face(self.crop).astype(np.uint8) * 255
+        return off_face(self.crop, turn(self.landmarks)).astype(np.uint8) * 255
 
 
 def degrade(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
