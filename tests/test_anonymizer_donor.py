@@ -744,7 +744,7 @@ def test_two_strangers_of_one_frame_never_wear_the_same_synthetic_person(models)
     assert len(everyone) == len(near)
 
 
-def test_a_turned_face_gets_its_new_face_over_its_near_cheek(shared_dir, models, monkeypatch):
+def test_a_turned_face_gets_its_new_face_over_its_near_cheek(shared_dir, models, monkeypatch, record_property):
     """In the aligned crop a turned face lies toward its near cheek and is wider (the face-mesh
     hulls of the bank's donors: model_export/anonymizer/face_hulls.py). Centred on the eyes, the
     paste left a turned stranger's near cheek beside the new face under the light blur, and laid
@@ -780,6 +780,7 @@ def test_a_turned_face_gets_its_new_face_over_its_near_cheek(shared_dir, models,
     masks_anew()
     centred = change()
     masks_anew()
+    record_property("near_cheek_change", {"following the turn": round(now, 1), "centred": round(centred, 1)})
     assert now > 2.0 * centred and now > 12.0, (now, centred)
 
 

@@ -70,6 +70,7 @@ PASTE_REACH = (0.9, 0.85, 1.12)  # paste ellipse: brow and chin in eye-to-mouth 
 TURN_SHIFT = 1.39  # a turned face's middle lies this many eye distances per unit of yaw toward its near cheek...
 TURN_WIDEN = 0.84  # ...and its half width is this many more per unit |yaw| (the bank's face-mesh hulls: face_hulls)
 PASTE_EDGE = 2.0  # eye distances from the eyes' middle: the near side stays inside the aligned crop (2.12)
+YAW_CACHE = 128  # masks kept per (size, yaw step): 3 sizes x 23 steps of turn() fit, so none is computed twice
 NEAREST = 12  # donors close in pose and tone among which the track's seed picks...
 UNLIKE = 0.5  # ...first among this share of them the recogniser finds least like the stranger (:meth:`DonorAnonymizer._unlike_first`)
 TRIES = 3  # candidates a track renders and checks at once (each a render and an embedding)...
@@ -148,7 +149,7 @@ def paste_ellipse(size: int, yaw: float = 0.0) -> tuple[tuple[float, float], tup
     return (float(t[:, 0].mean()) + (left + right) / 2 * eye_d, float(top + bottom) / 2), ((right - left) / 2 * eye_d, float(bottom - top) / 2)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=YAW_CACHE)
 def paste_masks(size: int, yaw: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(feathered alpha, sharp alpha, hard mask, inner skin mask) of the pasted face in template
     space (``yaw``: :func:`paste_ellipse`, rounded by :func:`turn`). The donor's coarse shading is
@@ -168,7 +169,7 @@ def turn(landmarks: np.ndarray) -> float:
     return float(np.clip(np.round(pose(landmarks)[0] * 20.0) / 20.0, -MAX_YAW, MAX_YAW))
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=YAW_CACHE)
 def forehead_band(size: int, low: float = FOREHEAD_BAND, yaw: float = 0.0) -> np.ndarray:
     """The top of the pasted ellipse (template space; ``yaw``: :func:`paste_ellipse`) down to ``low``
     eye-to-mouth spans above the eyes: the upper forehead, where a donor's fringe, cap or hat would
@@ -220,7 +221,7 @@ def clear_forehead(jpeg: np.ndarray) -> bool:
     return small is not None and forehead_cover(small) <= FOREHEAD_MAX
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=YAW_CACHE)
 def rim_bands(size: int, yaw: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The paste's (top and bottom, sides) in template space: the forehead from ``HAIR_BAND``
     eye-to-mouth spans above the eyes up and from ``CHIN_BAND`` spans below the mouth down, where
@@ -501,7 +502,7 @@ class DonorBank:
     def off_face(self, i: int, big: bool = False) -> np.ndarray:
         """uint8 [side, side] (255: not its face) over donor ``i``'s forehead, under its chin and
         beside its cheeks, on the crop :meth:`donor` gives: what the paste leaves out (:func:`without_off_face`; the
-        bands are symmetric, so a mirror's is mirrored)."""
+        bands are the donor's own yaw's, so a mirror's, at the negated yaw, is the mirrored mask)."""
         return np.ascontiguousarray(self._entry(i, big)[..., 3])
 
 
